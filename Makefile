@@ -1,0 +1,29 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both create .venv on first use and install everything into it (torch pinned: an unpinned
+# torch pulls a multi-GB CUDA build).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e '.[torch,analysis,dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(PY) experiments/demo.py --out demo_out
+
+clean:
+	rm -rf $(VENV) demo_out

@@ -1,0 +1,204 @@
+"""Frozen, validated configuration dataclasses (hashable, so they can be static jit arguments).
+
+* `CrossCoderConfig`: what the model *is* (shapes, architecture, code normalization, init).
+* `TrainConfig`: how it is trained (optimizer, schedules, BatchTopK bookkeeping). Defaults are the
+  paper's (SPEC.md sections 2-3); the reference's bugs are not copied (SPEC section 9).
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Optional
+
+
+class CodeNormalization(enum.IntEnum):
+    """Per-latent code normalization c_j (SPEC section 1). Values are the reference's ids."""
+
+    CROSSCODER = 1  # sum_m ||W_dec[m, j]||            (paper default)
+    SAE = 2  # sqrt(sum_m ||W_dec[m, j]||^2)
+    MIXED = 3  # alpha_sae * SAE + alpha_cc * CROSSCODER
+    NONE = 4  # 1
+    DECOUPLED = 5  # c_{m, j} = ||W_dec[m, j]||  (per model)
+
+    @classmethod
+    def parse(cls, value: "CodeNormalization | str | int") -> "CodeNormalization":
+        if isinstance(value, CodeNormalization):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls[value.strip().upper()]
+            except KeyError:
+                raise ValueError(
+                    f"unknown code normalization {value!r}; choose one of {[c.name for c in cls]}"
+                ) from None
+        try:
+            return cls(int(value))
+        except ValueError:
+            raise ValueError(
+                f"unknown code normalization id {value!r}; valid ids are "
+                f"{[(c.value, c.name) for c in cls]}"
+            ) from None
+
+
+ARCHITECTURES = ("l1", "batchtopk")
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossCoderConfig:
+    """Static description of a crosscoder.
+
+    Attributes:
+      num_models: M, number of models whose activations are concatenated (index 0 = base, 1 = chat).
+      activation_dim: D, d_model of each model.
+      dict_size: F, number of latents.
+      architecture: "l1" (ReLU + L1 penalty) or "batchtopk".
+      code_normalization: see `CodeNormalization`.
+      k: BatchTopK's average number of active latents per token (ignored for "l1").
+      code_normalization_alpha_sae / _cc: MIXED weights (reference defaults 1.0 / 0.1).
+      same_init_for_all_models, init_with_transpose, norm_init_scale: initialisation (SPEC section 1).
+      input_normalization: whether inputs are normalized with the model's stored mean/scale
+        (SPEC section 5); the statistics live in the model's buffers.
+      compute_dtype: dtype of the matmul inputs ("float32" or "bfloat16"); accumulation is float32.
+    """
+
+    num_models: int
+    activation_dim: int
+    dict_size: int
+    architecture: str = "l1"
+    code_normalization: CodeNormalization = CodeNormalization.CROSSCODER
+    k: Optional[int] = None
+    code_normalization_alpha_sae: float = 1.0
+    code_normalization_alpha_cc: float = 0.1
+    same_init_for_all_models: bool = False
+    init_with_transpose: bool = True
+    norm_init_scale: Optional[float] = None
+    input_normalization: bool = False
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        object.__setattr__(self, "code_normalization", CodeNormalization.parse(self.code_normalization))
+        arch = str(self.architecture).lower().replace("_", "").replace("-", "")
+        if arch in ("relu", "crosscoder"):
+            arch = "l1"
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        object.__setattr__(self, "architecture", arch)
+        for name in ("num_models", "activation_dim", "dict_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.num_models < 2:
+            raise ValueError(f"a crosscoder needs num_models >= 2 (got {self.num_models})")
+        if self.architecture == "batchtopk":
+            if self.k is None:
+                object.__setattr__(self, "k", 100)
+            if not isinstance(self.k, int) or self.k < 1:
+                raise ValueError(f"k must be a positive integer, got {self.k!r}")
+            if self.k > self.dict_size:
+                raise ValueError(f"k={self.k} is larger than dict_size={self.dict_size}")
+        if self.norm_init_scale is not None and self.norm_init_scale <= 0:
+            raise ValueError(f"norm_init_scale must be positive or None, got {self.norm_init_scale}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+
+    @property
+    def decoupled(self) -> bool:
+        return self.code_normalization == CodeNormalization.DECOUPLED
+
+    @property
+    def is_batchtopk(self) -> bool:
+        return self.architecture == "batchtopk"
+
+    def replace(self, **kw) -> "CrossCoderConfig":
+        return dataclasses.replace(self, **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training hyperparameters. Defaults are the paper's (arXiv 2504.02922; SPEC sections 2-3).
+
+    Attributes:
+      lr: peak Adam learning rate.
+      warmup_steps: linear LR warm-up; step 0 runs at LR 0 (as the reference's LambdaLR).
+      decay_start: if set, LR decays linearly to 0 from this step to `total_steps`.
+      total_steps: length of the run (needed for LR decay; inferred from `batches` when possible).
+      adam_b1, adam_b2, adam_eps: Adam parameters (torch defaults).
+      grad_clip_norm: global grad-norm clip (torch `clip_grad_norm_` semantics). None = the
+        reference's default for the architecture (BatchTopK 1.0, L1 no clipping); 0 disables.
+      l1_coefficient: mu of the L1 crosscoder (paper 0.041).
+      l1_warmup_steps: linear warm-up of mu from 0 (0 = off, as in the paper).
+      use_mse_loss: use the squared L2 reconstruction term instead of the un-squared norm.
+      k: BatchTopK target k; None = the model's own k.
+      k_max: initial k for k-annealing; None = k (the reference silently used 2048; we do not).
+      k_annealing_steps: anneal k linearly from k_max to k over this many steps (0 = off).
+      threshold_start_step: the inference threshold theta is updated at steps > this.
+      threshold_beta: EMA factor of theta.
+      auxk_alpha: coefficient of the auxiliary dead-latent loss (1/32).
+      dead_tokens_threshold: a latent is dead once it has not fired for this many tokens.
+      top_k_aux: dead latents used per token by auxk; None = D // 2.
+      init_b_dec_geometric_median: BatchTopK sets b_dec to the geometric median of the first batch.
+      dead_latent_eps: L1 dead tracking: a latent is dead in a batch if f*c <= eps for every token.
+      selection_method: batch top-k selection method (see `jaxcoders.selection`).
+      seed: PRNG seed (initialisation of fresh models in the launchers).
+    """
+
+    lr: float = 1e-4
+    warmup_steps: int = 1000
+    decay_start: Optional[int] = None
+    total_steps: Optional[int] = None
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    grad_clip_norm: Optional[float] = None
+    l1_coefficient: float = 0.041
+    l1_warmup_steps: int = 0
+    use_mse_loss: bool = False
+    k: Optional[int] = None
+    k_max: Optional[int] = None
+    k_annealing_steps: int = 0
+    threshold_start_step: int = 1000
+    threshold_beta: float = 0.999
+    auxk_alpha: float = 1.0 / 32.0
+    dead_tokens_threshold: int = 10_000_000
+    top_k_aux: Optional[int] = None
+    init_b_dec_geometric_median: bool = True
+    dead_latent_eps: float = 1e-4
+    selection_method: str = "topk"
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in ("warmup_steps", "k_annealing_steps", "l1_warmup_steps", "threshold_start_step"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"k must be a positive integer, got {self.k}")
+        if self.k_max is not None and self.k is not None and self.k_max < self.k:
+            raise ValueError(f"k_max ({self.k_max}) must be >= k ({self.k})")
+        if self.decay_start is not None:
+            if self.total_steps is not None and not (0 <= self.decay_start < self.total_steps):
+                raise ValueError(
+                    f"decay_start ({self.decay_start}) must lie in [0, total_steps={self.total_steps})"
+                )
+            if self.decay_start < self.warmup_steps:
+                raise ValueError(
+                    f"decay_start ({self.decay_start}) must not precede the end of warm-up ({self.warmup_steps})"
+                )
+        if not 0.0 <= self.threshold_beta <= 1.0:
+            raise ValueError(f"threshold_beta must be in [0, 1], got {self.threshold_beta}")
+        if self.grad_clip_norm is not None and self.grad_clip_norm < 0:
+            raise ValueError(f"grad_clip_norm must be >= 0 or None, got {self.grad_clip_norm}")
+        if self.top_k_aux is not None and self.top_k_aux < 1:
+            raise ValueError(f"top_k_aux must be a positive integer, got {self.top_k_aux}")
+        if self.dead_tokens_threshold < 1:
+            raise ValueError(f"dead_tokens_threshold must be >= 1, got {self.dead_tokens_threshold}")
+
+    def replace(self, **kw) -> "TrainConfig":
+        return dataclasses.replace(self, **kw)
+
+    def clip_norm_for(self, architecture: str) -> Optional[float]:
+        """The effective global grad-norm clip for an architecture (None = no clipping)."""
+        if self.grad_clip_norm is None:
+            return 1.0 if architecture == "batchtopk" else None
+        return self.grad_clip_norm if self.grad_clip_norm > 0 else None

@@ -1,0 +1,349 @@
+"""Checkpoints in the reference layout (SPEC.md section 7): import and export.
+
+A reference crosscoder directory holds `model.safetensors`, `config.json` and (optionally)
+`trainer_config.json`. Tensors:
+
+    encoder.weight (M, D, F) f32   encoder.bias (F) f32   decoder.weight (M, F, D) f32
+    decoder.bias (M, D) f32        code_normalization_id () int64      target_rms () f32
+    activation_mean (M, D) f32     activation_std (M, D) f32 (NaN-filled when unused)
+    activation_global_scale () f32 (1.0 when unused)
+    BatchTopK only: k () int32, threshold () f32 ((M,) for DECOUPLED)
+
+Paper-era checkpoints carry only the four weight tensors (BatchTopK: plus k and threshold);
+keys may carry torch.compile's `_orig_mod.` prefix. Missing buffers are never silently
+defaulted to the reference's "no threshold" (theta = -1): a missing theta or k is an error unless
+the caller passes it explicitly.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from jaxcoders.config import CodeNormalization, CrossCoderConfig
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TRAINER_CONFIG_FILE = "trainer_config.json"
+
+_WEIGHT_KEYS = ("encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias")
+# Constructor arguments of the reference classes: the only keys config.json may hold.
+_L1_CONFIG_KEYS = (
+    "activation_dim", "dict_size", "num_layers", "same_init_for_all_layers", "norm_init_scale",
+    "init_with_transpose", "encoder_layers", "latent_processor", "num_decoder_layers",
+    "code_normalization", "code_normalization_alpha_sae", "code_normalization_alpha_cc",
+    "activation_mean", "activation_std", "target_rms",
+)
+_BTK_CONFIG_KEYS = _L1_CONFIG_KEYS + ("k",)
+DICT_CLASS = {"l1": "CrossCoder", "batchtopk": "BatchTopKCrossCoder"}
+
+
+class ReferenceFormatError(ValueError):
+    """A directory or file that is not a readable reference crosscoder."""
+
+
+def _read_tensors(path: Path) -> dict[str, np.ndarray]:
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # corrupt or truncated file
+            raise ReferenceFormatError(f"{path} is not a readable safetensors file ({e})") from e
+    if path.suffix in (".pt", ".pth", ".bin"):
+        try:
+            import torch
+        except ImportError as e:
+            raise ReferenceFormatError(
+                f"{path} is a torch file; install the torch extra (`pip install torch==2.13.0`) to read it"
+            ) from e
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        return {k: v.detach().cpu().float().numpy() if v.is_floating_point() else v.cpu().numpy()
+                for k, v in sd.items()}
+    raise ReferenceFormatError(f"{path}: expected a .safetensors (or torch .pt) file")
+
+
+def _strip_prefixes(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tensors.items():
+        if "_orig_mod." in k:
+            k = k.split("_orig_mod.", 1)[1]
+        if k.startswith("module."):  # DDP-wrapped
+            k = k[len("module."):]
+        out[k] = v
+    return out
+
+
+def _locate(path: os.PathLike | str) -> tuple[Path, Optional[Path]]:
+    """(weights file, directory holding config.json or None)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in (WEIGHTS_FILE, "model.pt", "ae.pt", "pytorch_model.bin"):
+            if (p / name).is_file():
+                return p / name, p
+        raise ReferenceFormatError(
+            f"{p} is not a crosscoder directory: it has no {WEIGHTS_FILE} (expected the reference layout "
+            f"{WEIGHTS_FILE} + {CONFIG_FILE}, see SPEC section 7)"
+        )
+    if p.is_file():
+        return p, p.parent if (p.parent / CONFIG_FILE).is_file() else None
+    raise ReferenceFormatError(f"{p} does not exist")
+
+
+def load_reference(
+    path: os.PathLike | str,
+    *,
+    k: Optional[int] = None,
+    threshold=None,
+    code_normalization: Optional[str | int | CodeNormalization] = None,
+    architecture: Optional[str] = None,
+    allow_unset_threshold: bool = False,
+):
+    """Load a reference (dictionary_learning) crosscoder directory or file as a `CrossCoder`.
+
+    Args:
+      path: directory with model.safetensors (+ config.json, trainer_config.json), or the file.
+      k, threshold: fill BatchTopK buffers missing from the file (an error otherwise). Values
+        present in the file win unless they disagree with an explicit argument (then: error).
+      code_normalization: needed only when neither the tensors nor config.json name it; the
+        reference then assumes CROSSCODER, which we do too (with a warning) unless this is given.
+      architecture: "l1" or "batchtopk"; inferred from trainer_config.json, then from the tensors.
+      allow_unset_threshold: accept a BatchTopK file without theta and keep theta = -1 (every
+        positive latent passes at inference), the reference's lenient behaviour.
+    Returns:
+      `jaxcoders.crosscoder.CrossCoder`.
+    """
+    from jaxcoders.crosscoder import CrossCoder, CrossCoderBuffers, CrossCoderParams, default_buffers
+
+    weights_path, cfg_dir = _locate(path)
+    tensors = _strip_prefixes(_read_tensors(weights_path))
+    missing = [k_ for k_ in _WEIGHT_KEYS if k_ not in tensors]
+    if missing:
+        raise ReferenceFormatError(
+            f"{weights_path} is not a crosscoder checkpoint: missing tensors {missing} "
+            f"(found {sorted(tensors)[:8]})"
+        )
+    config: dict = {}
+    trainer_cfg: dict = {}
+    if cfg_dir is not None:
+        try:
+            if (cfg_dir / CONFIG_FILE).is_file():
+                config = json.loads((cfg_dir / CONFIG_FILE).read_text())
+            if (cfg_dir / TRAINER_CONFIG_FILE).is_file():
+                trainer_cfg = json.loads((cfg_dir / TRAINER_CONFIG_FILE).read_text())
+        except json.JSONDecodeError as e:
+            raise ReferenceFormatError(f"{cfg_dir}: config JSON is corrupt ({e})") from e
+
+    w_enc = np.asarray(tensors["encoder.weight"], np.float32)
+    b_enc = np.asarray(tensors["encoder.bias"], np.float32)
+    w_dec = np.asarray(tensors["decoder.weight"], np.float32)
+    b_dec = np.asarray(tensors["decoder.bias"], np.float32)
+    if w_enc.ndim != 3:
+        raise ReferenceFormatError(f"{weights_path}: encoder.weight must be (M, D, F), got {w_enc.shape}")
+    M, D, F = w_enc.shape
+    expect = {"encoder.bias": (F,), "decoder.weight": (M, F, D), "decoder.bias": (M, D)}
+    for name, arr in (("encoder.bias", b_enc), ("decoder.weight", w_dec), ("decoder.bias", b_dec)):
+        if arr.shape != expect[name]:
+            raise ReferenceFormatError(
+                f"{weights_path}: {name} has shape {arr.shape}, expected {expect[name]} for encoder (M, D, F) = {(M, D, F)}"
+            )
+    for name, key in (("activation_dim", D), ("dict_size", F), ("num_layers", M)):
+        if name in config and config[name] is not None and int(config[name]) != key:
+            raise ReferenceFormatError(f"{cfg_dir / CONFIG_FILE}: {name}={config[name]} disagrees with the tensors ({key})")
+
+    # architecture
+    dict_class = (trainer_cfg.get("trainer") or {}).get("dict_class") if trainer_cfg else None
+    if architecture is None:
+        if dict_class is not None:
+            architecture = "batchtopk" if "BatchTopK" in str(dict_class) else "l1"
+        elif "k" in tensors or "threshold" in tensors or "k" in config or k is not None:
+            architecture = "batchtopk"
+        else:
+            architecture = "l1"
+
+    # code normalization
+    if "code_normalization_id" in tensors:
+        cn = CodeNormalization.parse(int(np.asarray(tensors["code_normalization_id"]).reshape(())))
+        if code_normalization is not None and CodeNormalization.parse(code_normalization) != cn:
+            raise ValueError(f"code_normalization={code_normalization} disagrees with the file's {cn.name}")
+    elif config.get("code_normalization") is not None:
+        cn = CodeNormalization.parse(config["code_normalization"])
+    elif code_normalization is not None:
+        cn = CodeNormalization.parse(code_normalization)
+    else:
+        log.warning("%s names no code normalization; assuming CROSSCODER (the paper's and the reference's default)",
+                    weights_path)
+        cn = CodeNormalization.CROSSCODER
+
+    # BatchTopK buffers
+    file_k = None
+    if "k" in tensors:
+        file_k = int(np.asarray(tensors["k"]).reshape(()))
+    elif config.get("k") is not None:
+        file_k = int(config["k"])
+    theta = None
+    if "threshold" in tensors:
+        theta = np.asarray(tensors["threshold"], np.float32)
+    if architecture == "batchtopk":
+        if file_k is not None and k is not None and int(k) != file_k:
+            raise ValueError(f"k={k} disagrees with k={file_k} stored in {weights_path}")
+        k_val = file_k if file_k is not None else k
+        if k_val is None:
+            raise ReferenceFormatError(
+                f"{weights_path}: BatchTopK checkpoint without k; pass load_reference(..., k=<k used in training>)"
+            )
+        if theta is None:
+            if threshold is not None:
+                theta = np.asarray(threshold, np.float32)
+            elif allow_unset_threshold:
+                theta = None
+            else:
+                raise ReferenceFormatError(
+                    f"{weights_path}: BatchTopK checkpoint without the inference threshold; pass "
+                    "load_reference(..., threshold=<theta>) or allow_unset_threshold=True to keep theta = -1 "
+                    "(no thresholding, the reference's lenient default)"
+                )
+        elif threshold is not None and not np.allclose(np.asarray(threshold, np.float32), theta):
+            raise ValueError(f"threshold={threshold} disagrees with the stored threshold {theta.tolist()}")
+    else:
+        k_val = None
+
+    # normalization buffers
+    mean = tensors.get("activation_mean")
+    std = tensors.get("activation_std")
+    input_norm = mean is not None and bool(np.all(np.isfinite(mean)))
+
+    cfg = CrossCoderConfig(
+        num_models=M, activation_dim=D, dict_size=F, architecture=architecture, code_normalization=cn,
+        k=k_val,
+        code_normalization_alpha_sae=float(config.get("code_normalization_alpha_sae") or 1.0),
+        code_normalization_alpha_cc=float(config.get("code_normalization_alpha_cc") or 0.1),
+        same_init_for_all_models=bool(config.get("same_init_for_all_layers", False)),
+        init_with_transpose=bool(config.get("init_with_transpose", True)),
+        norm_init_scale=config.get("norm_init_scale"),
+        input_normalization=input_norm,
+    )
+    buffers = default_buffers(cfg)
+    if theta is not None:
+        want = (M,) if cfg.decoupled else ()
+        if theta.shape != want:
+            if theta.size == 1 and not cfg.decoupled:
+                theta = theta.reshape(())
+            else:
+                raise ReferenceFormatError(f"{weights_path}: threshold has shape {theta.shape}, expected {want}")
+        buffers = buffers._replace(threshold=theta)
+    if mean is not None:
+        buffers = buffers._replace(act_mean_MD=np.asarray(mean, np.float32))
+    if std is not None:
+        buffers = buffers._replace(act_std_MD=np.asarray(std, np.float32))
+    if "activation_global_scale" in tensors:
+        buffers = buffers._replace(act_scale=np.asarray(tensors["activation_global_scale"], np.float32))
+    if "target_rms" in tensors:
+        buffers = buffers._replace(target_rms=np.asarray(tensors["target_rms"], np.float32).reshape(()))
+    elif config.get("target_rms") is not None:
+        buffers = buffers._replace(target_rms=np.asarray(config["target_rms"], np.float32))
+    params = CrossCoderParams(w_enc, b_enc, w_dec, b_dec)
+    return CrossCoder(cfg, params=params, buffers=CrossCoderBuffers(*buffers), reference_config=config or None)
+
+
+def reference_config_dict(model) -> dict:
+    """config.json content for `model`: its imported config when it has one, else canonical."""
+    cfg = model.cfg
+    if model.reference_config:
+        out = dict(model.reference_config)
+    else:
+        out = {
+            "activation_dim": cfg.activation_dim,
+            "activation_mean": None,
+            "activation_std": None,
+            "code_normalization": cfg.code_normalization.name,
+            "dict_size": cfg.dict_size,
+            "init_with_transpose": cfg.init_with_transpose,
+            "norm_init_scale": cfg.norm_init_scale,
+            "num_layers": cfg.num_models,
+            "same_init_for_all_layers": cfg.same_init_for_all_models,
+            "target_rms": float(np.asarray(model.target_rms.value)),
+        }
+        if cfg.code_normalization == CodeNormalization.MIXED:
+            out["code_normalization_alpha_sae"] = cfg.code_normalization_alpha_sae
+            out["code_normalization_alpha_cc"] = cfg.code_normalization_alpha_cc
+    # fields that must follow the model's current state
+    out["activation_dim"] = cfg.activation_dim
+    out["dict_size"] = cfg.dict_size
+    out["num_layers"] = cfg.num_models
+    out["code_normalization"] = cfg.code_normalization.name
+    out["activation_mean"] = None
+    out["activation_std"] = None
+    if out.get("target_rms") is None:
+        out["target_rms"] = float(np.asarray(model.target_rms.value))
+    if cfg.is_batchtopk:
+        out["k"] = int(cfg.k)
+    else:
+        out.pop("k", None)
+    allowed = _BTK_CONFIG_KEYS if cfg.is_batchtopk else _L1_CONFIG_KEYS
+    return {k_: out[k_] for k_ in sorted(out) if k_ in allowed}
+
+
+def reference_tensors(model) -> dict[str, np.ndarray]:
+    """The state dict the reference expects, as numpy arrays in the reference dtypes."""
+    from jaxcoders.crosscoder import fold_normalization
+
+    cfg, params, buffers = model.cfg, model.params, model.buffers
+    if cfg.input_normalization and np.asarray(buffers.act_scale).ndim > 0:
+        # per-model scalars have no slot in the reference buffers: fold them into the weights
+        cfg, params, buffers = fold_normalization(cfg, params, buffers)
+    f32 = lambda a: np.ascontiguousarray(np.asarray(a, np.float32))  # noqa: E731
+    out = {
+        "encoder.weight": f32(params.w_enc_MDF),
+        "encoder.bias": f32(params.b_enc_F),
+        "decoder.weight": f32(params.w_dec_MFD),
+        "decoder.bias": f32(params.b_dec_MD),
+        "code_normalization_id": np.asarray(int(cfg.code_normalization), np.int64),
+        "target_rms": f32(buffers.target_rms).reshape(()),
+        "activation_mean": f32(buffers.act_mean_MD),
+        "activation_std": f32(buffers.act_std_MD),
+        "activation_global_scale": f32(buffers.act_scale).reshape(()),
+    }
+    if cfg.is_batchtopk:
+        out["k"] = np.asarray(int(cfg.k), np.int32)
+        out["threshold"] = f32(buffers.threshold).reshape((cfg.num_models,) if cfg.decoupled else ())
+    return out
+
+
+def save_reference(model, out_dir: os.PathLike | str) -> Path:
+    """Write `model` as a reference directory that dictionary_learning's `from_pretrained` loads.
+
+    Written atomically: files go to a temporary sibling directory that replaces `out_dir` at the
+    end, so a crash never leaves a half-written checkpoint. Returns the directory path."""
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        save_file(reference_tensors(model), str(tmp / WEIGHTS_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps(reference_config_dict(model), indent=2, sort_keys=True) + "\n")
+        trainer = {"trainer": {"dict_class": DICT_CLASS[model.cfg.architecture]}}
+        (tmp / TRAINER_CONFIG_FILE).write_text(json.dumps(trainer, indent=2, sort_keys=True) + "\n")
+        if out.exists():
+            backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, backup)
+            os.replace(tmp, out)
+            import shutil
+
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
