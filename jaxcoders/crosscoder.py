@@ -338,6 +338,18 @@ class Buffer(nnx.Variable):
     """Non-trainable model state (threshold, k, normalization statistics)."""
 
 
+def _get(var: nnx.Variable):
+    """A Variable's array across flax versions (`.value` is deprecated in newer NNX)."""
+    return var.get_value() if hasattr(var, "get_value") else var.value
+
+
+def _set(var: nnx.Variable, value) -> None:
+    if hasattr(var, "set_value"):
+        var.set_value(value)
+    else:
+        var.value = value
+
+
 def _validate_input(cfg: CrossCoderConfig, x, name: str = "x") -> jax.Array:
     x = jnp.asarray(x)
     if x.ndim != 3:
@@ -399,23 +411,28 @@ class CrossCoder(nnx.Module):
         self.reference_config = dict(reference_config) if reference_config else None
 
     # --- state as NamedTuples (for the pure core, jit, sharding and checkpoints)
+    _PARAM_FIELDS = ("w_enc_MDF", "b_enc_F", "w_dec_MFD", "b_dec_MD")
+    _BUFFER_FIELDS = ("threshold", "k", "act_mean_MD", "act_std_MD", "act_scale", "target_rms")
+
     @property
     def params(self) -> CrossCoderParams:
-        return CrossCoderParams(self.w_enc_MDF.value, self.b_enc_F.value, self.w_dec_MFD.value, self.b_dec_MD.value)
+        return CrossCoderParams(*(_get(getattr(self, n)) for n in self._PARAM_FIELDS))
 
     @property
     def buffers(self) -> CrossCoderBuffers:
-        return CrossCoderBuffers(
-            self.threshold.value, self.k.value, self.act_mean_MD.value, self.act_std_MD.value,
-            self.act_scale.value, self.target_rms.value,
-        )
+        return CrossCoderBuffers(*(_get(getattr(self, n)) for n in self._BUFFER_FIELDS))
 
     def set_state(self, params: Optional[CrossCoderParams] = None, buffers: Optional[CrossCoderBuffers] = None):
-        if params is not None:
-            self.w_enc_MDF.value, self.b_enc_F.value, self.w_dec_MFD.value, self.b_dec_MD.value = params
-        if buffers is not None:
-            (self.threshold.value, self.k.value, self.act_mean_MD.value, self.act_std_MD.value,
-             self.act_scale.value, self.target_rms.value) = buffers
+        """Replace parameters and/or buffers in place (shapes must match)."""
+        for fields, values in ((self._PARAM_FIELDS, params), (self._BUFFER_FIELDS, buffers)):
+            if values is None:
+                continue
+            for name, value in zip(fields, values):
+                var = getattr(self, name)
+                value = jnp.asarray(value, _get(var).dtype)
+                if value.shape != _get(var).shape:
+                    raise ValueError(f"{name}: shape {value.shape} does not match the model's {_get(var).shape}")
+                _set(var, value)
         return self
 
     # --- public API

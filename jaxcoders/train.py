@@ -80,7 +80,7 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params
-        norm = optax.global_norm(updates)
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(updates)))
         coef = jnp.minimum(1.0, max_norm / (norm + 1e-6))
         return jax.tree.map(lambda g: g * coef, updates), state
 
@@ -130,14 +130,15 @@ _geometric_median_jit = jax.jit(geometric_median, static_argnames=("max_iter", "
 
 
 def init_train_state(model: CrossCoder, tcfg: TrainConfig, total_steps: Optional[int] = None) -> TrainState:
-    params = jax.tree.map(jnp.asarray, model.params)
+    # copies: the step donates its state, and the caller's model must stay intact
+    params = jax.tree.map(jnp.copy, model.params)
     opt = make_optimizer(model.cfg, tcfg, total_steps)
     F = model.cfg.dict_size
     return TrainState(
         step=jnp.asarray(0, jnp.int32),
         params=params,
         opt_state=opt.init(params),
-        buffers=jax.tree.map(jnp.asarray, model.buffers),
+        buffers=jax.tree.map(jnp.copy, model.buffers),
         tokens_since_fired_F=jnp.zeros((F,), jnp.int32),
         steps_since_active_F=jnp.zeros((F,), jnp.int32),
     )

@@ -269,7 +269,7 @@ def reference_config_dict(model) -> dict:
             "norm_init_scale": cfg.norm_init_scale,
             "num_layers": cfg.num_models,
             "same_init_for_all_layers": cfg.same_init_for_all_models,
-            "target_rms": float(np.asarray(model.target_rms.value)),
+            "target_rms": float(np.asarray(model.buffers.target_rms)),
         }
         if cfg.code_normalization == CodeNormalization.MIXED:
             out["code_normalization_alpha_sae"] = cfg.code_normalization_alpha_sae
@@ -282,7 +282,7 @@ def reference_config_dict(model) -> dict:
     out["activation_mean"] = None
     out["activation_std"] = None
     if out.get("target_rms") is None:
-        out["target_rms"] = float(np.asarray(model.target_rms.value))
+        out["target_rms"] = float(np.asarray(model.buffers.target_rms))
     if cfg.is_batchtopk:
         out["k"] = int(cfg.k)
     else:
@@ -329,9 +329,9 @@ def save_reference(model, out_dir: os.PathLike | str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         save_file(reference_tensors(model), str(tmp / WEIGHTS_FILE))
-        (tmp / CONFIG_FILE).write_text(json.dumps(reference_config_dict(model), indent=2, sort_keys=True) + "\n")
+        (tmp / CONFIG_FILE).write_text(json.dumps(reference_config_dict(model), indent=2, sort_keys=True))
         trainer = {"trainer": {"dict_class": DICT_CLASS[model.cfg.architecture]}}
-        (tmp / TRAINER_CONFIG_FILE).write_text(json.dumps(trainer, indent=2, sort_keys=True) + "\n")
+        (tmp / TRAINER_CONFIG_FILE).write_text(json.dumps(trainer, indent=2, sort_keys=True))
         if out.exists():
             backup = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, backup)
