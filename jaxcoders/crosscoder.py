@@ -485,3 +485,5 @@ class CrossCoder(nnx.Module):
         extra = f", k={c.k}" if c.is_batchtopk else ""
         return (f"CrossCoder({c.architecture}, M={c.num_models}, D={c.activation_dim}, F={c.dict_size}, "
                 f"code_normalization={c.code_normalization.name}{extra})")
+
+    __str__ = __repr__

@@ -151,8 +151,12 @@ def make_train_step(
     *,
     k_cap: Optional[int] = None,
     jit: bool = True,
+    mesh=None,
 ):
     """The train step `(state, x_BMD, k_t) -> (state, metrics)`.
+
+    With a `mesh` (see `jaxcoders.sharding`), the step is jitted with the state sharded as
+    `sharding.train_state_specs` and the batch on the "data" axis; metrics are replicated.
 
     x_BMD: raw activations (normalized inside when the model normalizes its inputs).
     k_t: () int32, BatchTopK's k for this step (k-annealing; ignored for L1); `k_cap` is its
@@ -195,7 +199,43 @@ def make_train_step(
         metrics["nonfinite_input"] = jnp.logical_not(finite)
         return new_state, metrics
 
-    return jax.jit(step_fn, donate_argnums=(0,)) if jit else step_fn
+    if not jit:
+        return step_fn
+    if mesh is None:
+        return jax.jit(step_fn, donate_argnums=(0,))
+    from jaxcoders import sharding as shd
+
+    params_abstract = jax.eval_shape(
+        lambda: CrossCoderParams(
+            jnp.zeros((cfg.num_models, cfg.activation_dim, cfg.dict_size)), jnp.zeros((cfg.dict_size,)),
+            jnp.zeros((cfg.num_models, cfg.dict_size, cfg.activation_dim)), jnp.zeros((cfg.num_models, cfg.activation_dim)),
+        )
+    )
+    state_sh = shd.named(mesh, shd.train_state_specs(opt, params_abstract))
+    batch_sh = shd.named(mesh, shd.batch_spec())
+    replicated = shd.named(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_sh, batch_sh, replicated),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def shard_train_state(state: TrainState, cfg: CrossCoderConfig, tcfg: TrainConfig, mesh, total_steps=None) -> TrainState:
+    """Place a (host or single-device) TrainState on `mesh` with the training shardings."""
+    from jaxcoders import sharding as shd
+
+    opt = make_optimizer(cfg, tcfg, total_steps)
+    specs = shd.train_state_specs(opt, jax.eval_shape(lambda: state.params))
+    shardings = shd.named(mesh, specs)
+    # make_array_from_callback rather than device_put: on multi-host runs device_put asserts that
+    # every process passes equal values, which NaN-filled buffers (unused normalization) fail.
+    host = jax.device_get(state)
+    return jax.tree.map(
+        lambda a, sh: jax.make_array_from_callback(np.shape(a), sh, lambda idx, a=a: np.asarray(a)[idx]),
+        host, shardings,
+    )
 
 
 # ----------------------------------------------------------------------------- fit
