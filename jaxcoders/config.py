@@ -40,7 +40,7 @@ class CodeNormalization(enum.IntEnum):
             ) from None
 
 
-ARCHITECTURES = ("l1", "batchtopk")
+ARCHITECTURES = ("l1", "batchtopk", "tied")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,8 @@ class CrossCoderConfig:
       num_models: M, number of models whose activations are concatenated (index 0 = base, 1 = chat).
       activation_dim: D, d_model of each model.
       dict_size: F, number of latents.
-      architecture: "l1" (ReLU + L1 penalty) or "batchtopk".
+      architecture: "l1" (ReLU + L1 penalty), "batchtopk", or "tied" (shared/base/chat latent
+        triples, SPEC section 4; M must be 2; `dict_size` counts triples).
       code_normalization: see `CodeNormalization`.
       k: BatchTopK's average number of active latents per token (ignored for "l1").
       code_normalization_alpha_sae / _cc: MIXED weights (reference defaults 1.0 / 0.1).
@@ -59,6 +60,8 @@ class CrossCoderConfig:
       input_normalization: whether inputs are normalized with the model's stored mean/scale
         (SPEC section 5); the statistics live in the model's buffers.
       compute_dtype: dtype of the matmul inputs ("float32" or "bfloat16"); accumulation is float32.
+      n_shared_latents: L1 only: the first S latents have one decoder row used by every model
+        (Anthropic's Feb-2025 shared-latent variant), with their own sparsity coefficient.
     """
 
     num_models: int
@@ -74,6 +77,7 @@ class CrossCoderConfig:
     norm_init_scale: Optional[float] = None
     input_normalization: bool = False
     compute_dtype: str = "float32"
+    n_shared_latents: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "code_normalization", CodeNormalization.parse(self.code_normalization))
@@ -96,6 +100,12 @@ class CrossCoderConfig:
                 raise ValueError(f"k must be a positive integer, got {self.k!r}")
             if self.k > self.dict_size:
                 raise ValueError(f"k={self.k} is larger than dict_size={self.dict_size}")
+        if self.architecture == "tied" and self.num_models != 2:
+            raise ValueError(f"the tied crosscoder is defined for 2 models (base, chat), got num_models={self.num_models}")
+        if not 0 <= self.n_shared_latents <= self.dict_size:
+            raise ValueError(f"n_shared_latents must be in [0, dict_size], got {self.n_shared_latents}")
+        if self.n_shared_latents and self.architecture != "l1":
+            raise ValueError("n_shared_latents (the shared-latent variant) is implemented for the L1 crosscoder")
         if self.norm_init_scale is not None and self.norm_init_scale <= 0:
             raise ValueError(f"norm_init_scale must be positive or None, got {self.norm_init_scale}")
         if self.compute_dtype not in ("float32", "bfloat16"):
@@ -108,6 +118,15 @@ class CrossCoderConfig:
     @property
     def is_batchtopk(self) -> bool:
         return self.architecture == "batchtopk"
+
+    @property
+    def is_tied(self) -> bool:
+        return self.architecture == "tied"
+
+    @property
+    def encoder_width(self) -> int:
+        """Columns of the encoder: F, or 3F for the tied crosscoder (latent-major, slot-minor)."""
+        return 3 * self.dict_size if self.is_tied else self.dict_size
 
     def replace(self, **kw) -> "CrossCoderConfig":
         return dataclasses.replace(self, **kw)
@@ -124,8 +143,11 @@ class TrainConfig:
       total_steps: length of the run (needed for LR decay; inferred from `batches` when possible).
       adam_b1, adam_b2, adam_eps: Adam parameters (torch defaults).
       grad_clip_norm: global grad-norm clip (torch `clip_grad_norm_` semantics). None = the
-        reference's default for the architecture (BatchTopK 1.0, L1 no clipping); 0 disables.
-      l1_coefficient: mu of the L1 crosscoder (paper 0.041).
+        reference's default for the architecture (BatchTopK and tied 1.0, L1 no clipping); 0 disables.
+      l1_coefficient: mu of the L1 crosscoder (paper 0.041); lambda of the tied crosscoder.
+      shared_l1_coefficient: sparsity coefficient of the shared-latent block (n_shared_latents);
+        None = 0.15 * l1_coefficient (Anthropic used 0.1-0.2 of the exclusive one).
+      eta: tied crosscoder: extra factor on the base/chat-slot penalty (> 1 prefers shared).
       l1_warmup_steps: linear warm-up of mu from 0 (0 = off, as in the paper).
       use_mse_loss: use the squared L2 reconstruction term instead of the un-squared norm.
       k: BatchTopK target k; None = the model's own k.
@@ -152,6 +174,8 @@ class TrainConfig:
     grad_clip_norm: Optional[float] = None
     l1_coefficient: float = 0.041
     l1_warmup_steps: int = 0
+    shared_l1_coefficient: Optional[float] = None
+    eta: float = 2.0
     use_mse_loss: bool = False
     k: Optional[int] = None
     k_max: Optional[int] = None
@@ -191,6 +215,8 @@ class TrainConfig:
             raise ValueError(f"grad_clip_norm must be >= 0 or None, got {self.grad_clip_norm}")
         if self.top_k_aux is not None and self.top_k_aux < 1:
             raise ValueError(f"top_k_aux must be a positive integer, got {self.top_k_aux}")
+        if self.eta <= 0:
+            raise ValueError(f"eta must be positive, got {self.eta}")
         if self.dead_tokens_threshold < 1:
             raise ValueError(f"dead_tokens_threshold must be >= 1, got {self.dead_tokens_threshold}")
 
@@ -200,5 +226,5 @@ class TrainConfig:
     def clip_norm_for(self, architecture: str) -> Optional[float]:
         """The effective global grad-norm clip for an architecture (None = no clipping)."""
         if self.grad_clip_norm is None:
-            return 1.0 if architecture == "batchtopk" else None
+            return 1.0 if architecture in ("batchtopk", "tied") else None
         return self.grad_clip_norm if self.grad_clip_norm > 0 else None

@@ -75,8 +75,21 @@ def decoder_norms(w_dec_MFD: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(jnp.square(w_dec_MFD), axis=-1))
 
 
+def tie_shared_rows(cfg: CrossCoderConfig, w_dec_MFD: jax.Array) -> jax.Array:
+    """Shared-latent variant: the first `n_shared_latents` rows of every model are model 0's.
+
+    The forward pass only ever reads model 0's copy, so the block is identical across models by
+    construction (and gradients of the other copies are zero)."""
+    S = cfg.n_shared_latents
+    if not S:
+        return w_dec_MFD
+    shared = jnp.broadcast_to(w_dec_MFD[:1, :S], (w_dec_MFD.shape[0] - 1, S, w_dec_MFD.shape[2]))
+    return w_dec_MFD.at[1:, :S].set(shared)
+
+
 def code_normalization(cfg: CrossCoderConfig, w_dec_MFD: jax.Array) -> jax.Array:
     """c_j of SPEC section 1: (F,), or (M, F) for DECOUPLED."""
+    w_dec_MFD = tie_shared_rows(cfg, w_dec_MFD)
     n_MF = decoder_norms(w_dec_MFD)
     kind = cfg.code_normalization
     if kind == CodeNormalization.CROSSCODER:
@@ -147,11 +160,17 @@ def select_threshold(cfg: CrossCoderConfig, f_BF: jax.Array, c: jax.Array, thres
 
 
 def decode(cfg: CrossCoderConfig, params: CrossCoderParams, f: jax.Array, *, add_bias: bool = True):
-    """x̂ (B, M, D) from a code f of shape (B, F) (shared) or (B, M, F) (per model)."""
+    """x̂ (B, M, D) from a code f of shape (B, F) (shared), (B, M, F) (per model) or, for the tied
+    crosscoder, (B, 3, F) (slots shared, base, chat)."""
+    w_dec = tie_shared_rows(cfg, params.w_dec_MFD)
+    if cfg.is_tied and f.ndim == 3 and f.shape[1] == 3:
+        from jaxcoders.tied import model_codes
+
+        f = model_codes(f)
     if f.ndim == 2:
-        x_BMD = _matmul(cfg, "bf,mfd->bmd", f, params.w_dec_MFD)
+        x_BMD = _matmul(cfg, "bf,mfd->bmd", f, w_dec)
     else:
-        x_BMD = _matmul(cfg, "bmf,mfd->bmd", f, params.w_dec_MFD)
+        x_BMD = _matmul(cfg, "bmf,mfd->bmd", f, w_dec)
     if add_bias:
         x_BMD = x_BMD + params.b_dec_MD
     return x_BMD
@@ -185,8 +204,12 @@ def encode(
     """The model's code for raw inputs x (normalized here if the model normalizes its inputs).
 
     L1: f (B, F). BatchTopK: inference (threshold) or training-mode batch top-k selection;
-    (B, M, F) for DECOUPLED."""
+    (B, M, F) for DECOUPLED. Tied: (B, 3, F), slots [shared, base, chat]."""
     x_BMD = normalize_input(cfg, buffers, x_BMD)
+    if cfg.is_tied:
+        from jaxcoders.tied import tied_code
+
+        return tied_code(cfg, params, x_BMD)
     f_BF = encode_relu(cfg, params, x_BMD)
     if not cfg.is_batchtopk:
         return f_BF
@@ -199,6 +222,9 @@ def encode(
 def scaled_activations(cfg, params, buffers, x_BMD, *, train: bool = False) -> jax.Array:
     """The "latent activation" f * c of statistics and dashboards, (B, F) (DECOUPLED: summed over models)."""
     f = encode(cfg, params, buffers, x_BMD, train=train)
+    if cfg.is_tied:  # (B, 3, F): shared slot scaled by n_base + n_chat, exclusive slots by their own norm
+        n = decoder_norms(params.w_dec_MFD)
+        return f * jnp.stack([n[0] + n[1], n[0], n[1]])[None]
     if cfg.decoupled and cfg.is_batchtopk:
         return jnp.sum(f * code_normalization(cfg, params.w_dec_MFD)[None], axis=1)
     return f * summed_code_normalization(cfg, params.w_dec_MFD)
@@ -219,6 +245,10 @@ def init_params(cfg: CrossCoderConfig, key: jax.Array) -> CrossCoderParams:
     (M, D, F) tensor); optional column rescale to `norm_init_scale`; decoder = encoder transpose
     or its own kaiming init; biases zero."""
     M, D, F = cfg.num_models, cfg.activation_dim, cfg.dict_size
+    if cfg.is_tied:
+        from jaxcoders.tied import init_tied_params
+
+        return init_tied_params(cfg, key)
     k_enc, k_dec = jax.random.split(key)
 
     def kaiming(key, shape):
@@ -241,6 +271,7 @@ def init_params(cfg: CrossCoderConfig, key: jax.Array) -> CrossCoderParams:
             w_dec = kaiming(k_dec, (M, F, D))
         if cfg.norm_init_scale is not None:
             w_dec = w_dec / jnp.linalg.norm(w_dec, axis=2, keepdims=True) * cfg.norm_init_scale
+    w_dec = tie_shared_rows(cfg, jnp.asarray(w_dec, jnp.float32))
     return CrossCoderParams(
         w_enc_MDF=jnp.asarray(w_enc, jnp.float32),
         b_enc_F=jnp.zeros((F,), jnp.float32),
@@ -437,7 +468,7 @@ class CrossCoder(nnx.Module):
 
     # --- public API
     def encode(self, x, train: bool = False, method: str = "topk") -> jax.Array:
-        """Code of x (B, M, D): (B, F), or (B, M, F) for BatchTopK DECOUPLED.
+        """Code of x (B, M, D): (B, F), (B, M, F) for BatchTopK DECOUPLED, (B, 3, F) for tied.
 
         `train=True` uses BatchTopK's training-mode batch top-k selection (no threshold)."""
         x = _validate_input(self.cfg, x)
@@ -446,9 +477,10 @@ class CrossCoder(nnx.Module):
     def decode(self, f) -> jax.Array:
         """x̂ (B, M, D) from a code (B, F) or (B, M, F)."""
         f = jnp.asarray(f, jnp.float32)
-        F = self.cfg.dict_size
-        if f.ndim not in (2, 3) or f.shape[-1] != F or (f.ndim == 3 and f.shape[1] != self.cfg.num_models):
-            raise ValueError(f"code must have shape (B, {F}) or (B, {self.cfg.num_models}, {F}); got {f.shape}")
+        F, M = self.cfg.dict_size, self.cfg.num_models
+        ok_mid = (M, 3) if self.cfg.is_tied else (M,)
+        if f.ndim not in (2, 3) or f.shape[-1] != F or (f.ndim == 3 and f.shape[1] not in ok_mid):
+            raise ValueError(f"code must have shape (B, {F}) or (B, {' or '.join(map(str, ok_mid))}, {F}); got {f.shape}")
         return _decode_jit(self.cfg, self.params, self.buffers, f)
 
     def __call__(self, x, train: bool = False) -> jax.Array:

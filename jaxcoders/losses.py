@@ -53,7 +53,13 @@ def l1_loss(
     recon = reconstruction_loss(e, tcfg.use_mse_loss)
     fc_BF = f_BF * summed_code_normalization(cfg, params.w_dec_MFD)
     sparsity = jnp.mean(jnp.sum(fc_BF, axis=-1))
-    loss = recon + l1_coefficient * sparsity
+    if cfg.n_shared_latents:  # the shared block has its own coefficient
+        shared_coef = tcfg.shared_l1_coefficient if tcfg.shared_l1_coefficient is not None else 0.15 * tcfg.l1_coefficient
+        ratio = shared_coef / tcfg.l1_coefficient if tcfg.l1_coefficient else 0.0
+        w_F = jnp.where(jnp.arange(cfg.dict_size) < cfg.n_shared_latents, ratio, 1.0)
+        loss = recon + l1_coefficient * jnp.mean(jnp.sum(fc_BF * w_F, axis=-1))
+    else:
+        loss = recon + l1_coefficient * sparsity
     aux = L1Aux(
         recon=recon,
         sparsity=sparsity,

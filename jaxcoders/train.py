@@ -20,8 +20,15 @@ import numpy as np
 import optax
 
 from jaxcoders.config import CrossCoderConfig, TrainConfig
-from jaxcoders.crosscoder import CrossCoder, CrossCoderBuffers, CrossCoderParams, normalize_input
+from jaxcoders.crosscoder import (
+    CrossCoder,
+    CrossCoderBuffers,
+    CrossCoderParams,
+    normalize_input,
+    tie_shared_rows,
+)
 from jaxcoders.losses import batchtopk_loss, l1_loss, update_threshold
+from jaxcoders.tied import tied_loss
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +182,14 @@ def make_train_step(
             )
         else:
             coef = l1_coefficient_at(tcfg, state.step)
-            (loss, aux), grads = jax.value_and_grad(l1_loss, argnums=2, has_aux=True)(
+            loss_fn = tied_loss if cfg.is_tied else l1_loss
+            (loss, aux), grads = jax.value_and_grad(loss_fn, argnums=2, has_aux=True)(
                 cfg, tcfg, state.params, x, coef
             )
         updates, opt_state = opt.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if cfg.n_shared_latents:  # keep the stored copies of the shared block identical
+            params = params._replace(w_dec_MFD=tie_shared_rows(cfg, params.w_dec_MFD))
         buffers = state.buffers
         tokens_since_fired = state.tokens_since_fired_F
         steps_since_active = state.steps_since_active_F
@@ -190,6 +200,11 @@ def make_train_step(
             buffers = buffers._replace(threshold=theta, k=jnp.asarray(k_t, jnp.int32))
             tokens_since_fired = aux.tokens_since_fired_F
             metrics.update(auxk=aux.auxk, num_dead=aux.num_dead, threshold=theta)
+        elif cfg.is_tied:
+            steps_since_active = jnp.where(aux.fired_F, 0, jnp.minimum(steps_since_active + 1, 2**30))
+            metrics.update(sparsity_shared=aux.sparsity_shared, sparsity_exclusive=aux.sparsity_exclusive,
+                           l0_shared=aux.l0_slots[0], l0_base=aux.l0_slots[1], l0_chat=aux.l0_slots[2],
+                           num_dead=jnp.sum(~aux.fired_F))
         else:
             steps_since_active = jnp.where(aux.dead_F, jnp.minimum(steps_since_active + 1, 2**30), 0)
             metrics.update(sparsity=aux.sparsity, num_dead=jnp.sum(aux.dead_F))
@@ -207,7 +222,7 @@ def make_train_step(
 
     params_abstract = jax.eval_shape(
         lambda: CrossCoderParams(
-            jnp.zeros((cfg.num_models, cfg.activation_dim, cfg.dict_size)), jnp.zeros((cfg.dict_size,)),
+            jnp.zeros((cfg.num_models, cfg.activation_dim, cfg.encoder_width)), jnp.zeros((cfg.encoder_width,)),
             jnp.zeros((cfg.num_models, cfg.dict_size, cfg.activation_dim)), jnp.zeros((cfg.num_models, cfg.activation_dim)),
         )
     )

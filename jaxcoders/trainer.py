@@ -40,6 +40,7 @@ from jaxcoders.crosscoder import (
     select_threshold,
     select_train,
 )
+from jaxcoders.tied import tied_code
 from jaxcoders.train import (
     TrainState,
     geometric_median,
@@ -146,6 +147,16 @@ def make_eval_step(cfg: CrossCoderConfig):
 
     def eval_step(params, buffers, x_BMD):
         x = normalize_input(cfg, buffers, x_BMD.astype(jnp.float32))
+        if cfg.is_tied:
+            f = tied_code(cfg, params, x)  # (B, 3, F)
+            e = x - decode(cfg, params, f)
+            fired = jnp.any(f > 0, axis=(0, 1))
+            return {
+                "sum_x_MD": jnp.sum(x, 0), "sum_x2_MD": jnp.sum(x * x, 0),
+                "sum_e_MD": jnp.sum(e, 0), "sum_e2_MD": jnp.sum(e * e, 0),
+                "n": jnp.float32(x.shape[0]), "l0_sum": jnp.sum(f > 0).astype(jnp.float32),
+                "fired_F": fired,
+            }
         f_BF = encode_relu(cfg, params, x)
         if cfg.is_batchtopk:
             c = code_normalization(cfg, params.w_dec_MFD)

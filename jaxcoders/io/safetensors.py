@@ -324,6 +324,10 @@ def save_reference(model, out_dir: os.PathLike | str) -> Path:
     end, so a crash never leaves a half-written checkpoint. Returns the directory path."""
     from safetensors.numpy import save_file
 
+    if model.cfg.is_tied:  # the reference CrossCoder layout has no latent triples
+        from jaxcoders.tied import save_tied
+
+        return save_tied(model, out_dir)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
