@@ -106,11 +106,21 @@ def tied_train_config(total_steps: int, **overrides) -> TrainConfig:
 # ----------------------------------------------------------------------------- slot statistics
 
 
+def slot_ratio(count, count_shared) -> np.ndarray:
+    """count / count_shared, with x/0 = inf for x > 0 and 0/0 = 0 (a triple whose shared slot never
+    fires but whose chat slot does is as chat-specific as it gets)."""
+    count = np.asarray(count, np.float64)
+    shared = np.asarray(count_shared, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = count / shared
+    return np.where(shared > 0, r, np.where(count > 0, np.inf, 0.0))
+
+
 def slot_statistics(model, acts_NMD, batch_size: int = 4096, corner=(0.15, 0.04)) -> dict:
     """Per-latent firing counts of each slot on (normalized) inputs and the ratios of SPEC section 4.
 
     Returns numpy arrays: count_shared/base/chat (F,), r_base = count_base / count_shared,
-    r_chat = count_chat / count_shared (inf where shared never fires), l0 per slot and total, and
+    r_chat = count_chat / count_shared (see `slot_ratio`), l0 per slot and total, and
     the chat corner (r_chat > corner[0] and r_base < corner[1]) and base corner (mirrored)."""
     from jaxcoders.crosscoder import normalize_input
 
@@ -126,9 +136,7 @@ def slot_statistics(model, acts_NMD, batch_size: int = 4096, corner=(0.15, 0.04)
     n = len(acts_NMD)
     for s in range(0, n, batch_size):
         counts += np.asarray(count(jnp.asarray(np.asarray(acts_NMD[s:s + batch_size], np.float32))))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r_base = counts[BASE] / counts[SHARED]
-        r_chat = counts[CHAT] / counts[SHARED]
+    r_base, r_chat = slot_ratio(counts[BASE], counts[SHARED]), slot_ratio(counts[CHAT], counts[SHARED])
     l0 = counts.sum(axis=1) / max(n, 1)
     return {
         "count_shared": counts[SHARED], "count_base": counts[BASE], "count_chat": counts[CHAT],

@@ -11,6 +11,9 @@ Feature kinds:
   chat_only  zero in base, a direction in chat
   base_only  a direction in base, zero in chat
   rotated    different directions in the two models (cosine `rotation_cosine`)
+  corr_a / corr_b  pairs of shared-direction features whose co-firing changes between models:
+             when A fires, B also fires with probability `corr_base` in the base model and
+             `corr_chat` in the chat model (seed 004 experiments 2-3); otherwise independent.
 Everything is deterministic in `seed`.
 """
 from __future__ import annotations
@@ -19,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-KINDS = ("shared", "chat_only", "base_only", "rotated")
+KINDS = ("shared", "chat_only", "base_only", "rotated", "corr_a", "corr_b")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +33,9 @@ class SyntheticSpec:
     n_base_only: int = 8
     n_rotated: int = 0
     rotation_cosine: float = 0.5
+    n_corr_pairs: int = 0
+    corr_base: float = 0.0
+    corr_chat: float = 0.9
     firing_prob: float = 0.04
     magnitude_mean: float = 1.0
     noise_std: float = 0.01
@@ -37,7 +43,7 @@ class SyntheticSpec:
 
     @property
     def n_features(self) -> int:
-        return self.n_shared + self.n_chat_only + self.n_base_only + self.n_rotated
+        return self.n_shared + self.n_chat_only + self.n_base_only + self.n_rotated + 2 * self.n_corr_pairs
 
 
 @dataclasses.dataclass
@@ -48,15 +54,24 @@ class PlantedDictionary:
     kinds: np.ndarray  # (n_features,) str
 
     def sample(self, n_tokens: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """(x (N, 2, D) float32, coefficients (N, n_features) float32)."""
+        """(x (N, 2, D) float32, coefficients (N, 2, n_features) float32: per model, equal except
+        for the correlation-shifted B features)."""
         s = self.spec
         rng = np.random.default_rng(seed)
         fires = rng.random((n_tokens, s.n_features)) < s.firing_prob
         mags = rng.exponential(s.magnitude_mean, size=(n_tokens, s.n_features))
         a = (fires * mags).astype(np.float32)
+        a_models = np.stack([a, a], axis=1)
+        if s.n_corr_pairs:
+            ia = np.flatnonzero(self.kinds == "corr_a")
+            ib = np.flatnonzero(self.kinds == "corr_b")
+            u = rng.random((n_tokens, len(ia)))
+            for m, p in enumerate((s.corr_base, s.corr_chat)):
+                co = fires[:, ia] & (u < p)
+                a_models[:, m, ib] = np.where(co, np.maximum(a[:, ib], mags[:, ib]), a[:, ib])
         noise = rng.normal(scale=s.noise_std, size=(n_tokens, 2, s.activation_dim)).astype(np.float32)
-        x = np.stack([a @ self.dict_base_ID, a @ self.dict_chat_ID], axis=1) + noise
-        return x.astype(np.float32), a
+        x = np.stack([a_models[:, 0] @ self.dict_base_ID, a_models[:, 1] @ self.dict_chat_ID], axis=1) + noise
+        return x.astype(np.float32), a_models
 
 
 def make_dictionary(spec: SyntheticSpec) -> PlantedDictionary:
@@ -87,9 +102,14 @@ def make_dictionary(spec: SyntheticSpec) -> PlantedDictionary:
         w = w - np.sum(w * u, axis=1, keepdims=True) * u  # orthogonal to u
         w /= np.linalg.norm(w, axis=1, keepdims=True)
         c = spec.rotation_cosine
-        base[i:] = u
-        chat[i:] = c * u + np.sqrt(1 - c * c) * w
+        base[i:i + spec.n_rotated] = u
+        chat[i:i + spec.n_rotated] = c * u + np.sqrt(1 - c * c) * w
         kinds += ["rotated"] * spec.n_rotated
+        i += spec.n_rotated
+    if spec.n_corr_pairs:
+        dirs = unit(2 * spec.n_corr_pairs)
+        base[i:] = chat[i:] = dirs
+        kinds += ["corr_a", "corr_b"] * spec.n_corr_pairs
     return PlantedDictionary(spec, base.astype(np.float32), chat.astype(np.float32), np.array(kinds))
 
 
