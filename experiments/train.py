@@ -120,7 +120,11 @@ def main(argv):
     c = FLAGS.config
     logging.info("process %d/%d, %d devices (%s)", jax.process_index(), jax.process_count(), jax.device_count(),
                  jax.devices()[0].device_kind)
-    mesh = shd.make_mesh(c.run.mesh_data or None, c.run.mesh_latent or None)
+    if not c.run.mesh_data and not c.run.mesh_latent:  # auto: latent within a host, data across hosts
+        mesh = shd.make_mesh(*shd.auto_mesh_shape(c.model.dict_size, c.run.batch_size))
+    else:
+        mesh = shd.make_mesh(c.run.mesh_data or None, c.run.mesh_latent or None)
+    logging.info("mesh %s", dict(mesh.shape))
     train, val, D, M, desc = build_data(c, mesh, c.run.batch_size)
     model_cfg, train_cfg, run_cfg = build_configs(c, D, M)
     model = train_and_evaluate(model_cfg, train_cfg, run_cfg, FLAGS.workdir, train, val, data_description=desc,

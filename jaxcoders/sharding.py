@@ -79,6 +79,17 @@ def make_mesh(data: Optional[int] = None, latent: Optional[int] = None, devices=
     return Mesh(np.asarray(devices).reshape(data, latent), (DATA, LATENT))
 
 
+def auto_mesh_shape(dict_size: int, batch_size: int, devices=None) -> tuple[int, int]:
+    """Default (data, latent) sizes: the latent axis spans the devices of one host (when F
+    divides), the data axis spans hosts. Sharding F inside a host keeps the per-device optimizer
+    state small and the latent-axis collectives on the fast intra-host links."""
+    devices = list(jax.devices()) if devices is None else list(devices)
+    n = len(devices)
+    local = max(1, n // max(1, jax.process_count()))
+    latent = local if (dict_size % local == 0 and batch_size % (n // local) == 0) else 1
+    return n // latent, latent
+
+
 def param_specs() -> CrossCoderParams:
     return CrossCoderParams(P(None, None, LATENT), P(LATENT), P(None, LATENT, None), P(None, None))
 

@@ -234,7 +234,25 @@ _RESUMABLE_KEYS = {("run", "log_every"), ("run", "eval_every"), ("run", "eval_ba
                    ("run", "async_checkpoint"), ("run", "mesh_data"), ("run", "mesh_latent")}
 
 
-def check_or_write_config(workdir: Path, resolved: dict, is_writer: bool) -> None:
+def _is_remote(path) -> bool:
+    return "://" in str(path)
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Local files: write a temporary sibling and rename (a crash never leaves half a file).
+    Object stores (gs://): a single object write is already atomic."""
+    from etils import epath
+
+    path = epath.Path(path)
+    if _is_remote(path):
+        path.write_text(text)
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(str(tmp), str(path))
+
+
+def check_or_write_config(workdir, resolved: dict, is_writer: bool) -> None:
     path = workdir / "config.json"
     if path.exists():
         old = json.loads(path.read_text())
@@ -254,25 +272,44 @@ def check_or_write_config(workdir: Path, resolved: dict, is_writer: bool) -> Non
         return
     if is_writer:
         workdir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(resolved, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(resolved, indent=2, sort_keys=True))
 
 
-def _truncate_metrics(path: Path, upto_step: int) -> None:
-    """Drop metric rows of steps >= upto_step (written after the checkpoint we resume from)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", -1) < upto_step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by a crash
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+class MetricsLog:
+    """`metrics.jsonl`: rows of steps >= the resumed step are dropped at start (they were written
+    after the checkpoint we resume from). Local files are appended to; object stores, which cannot
+    append, get the whole (small) file rewritten at each write."""
+
+    def __init__(self, path, start_step: int, enabled: bool):
+        self.path, self.enabled = path, enabled
+        self.rows: list[str] = []
+        if not enabled:
+            return
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", -1) < start_step:
+                        self.rows.append(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by a crash
+        write_text_atomic(path, "".join(r + "\n" for r in self.rows))
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        line = json.dumps(row)
+        self.rows.append(line)
+        if _is_remote(self.path):
+            self.path.write_text("".join(r + "\n" for r in self.rows))
+        else:
+            with open(str(self.path), "a") as fh:
+                fh.write(line + "\n")
+
+
+def _any_process(flag: bool) -> bool:
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
 class _closing:
@@ -330,11 +367,17 @@ def train_and_evaluate(
 
     `val_source`: a callable returning a fresh iterable of validation batches (local rows), or None.
     """
-    workdir = Path(workdir)
+    from etils import epath
+
+    workdir = epath.Path(workdir)  # local paths and gs:// alike
     is_writer = jax.process_index() == 0
     resolved = _resolved_config(model_cfg, train_cfg, run_cfg, data_description)
     check_or_write_config(workdir, resolved, is_writer)
-    mesh = mesh if mesh is not None else shd.make_mesh(run_cfg.mesh_data or None, run_cfg.mesh_latent or None)
+    if mesh is None:
+        if run_cfg.mesh_data or run_cfg.mesh_latent:
+            mesh = shd.make_mesh(run_cfg.mesh_data or None, run_cfg.mesh_latent or None)
+        else:
+            mesh = shd.make_mesh(*shd.auto_mesh_shape(model_cfg.dict_size, run_cfg.batch_size))
     shd.check_shapes(model_cfg, run_cfg.batch_size, mesh)
 
     # model k-annealing: the step is built for k_max and told k(t) each step
@@ -356,7 +399,8 @@ def train_and_evaluate(
     step_fn = make_train_step(step_cfg, train_cfg, run_cfg.steps, k_cap=k_cap, mesh=mesh)
     eval_step = make_eval_step(model_cfg)
 
-    ckpt = RunCheckpointer(str((workdir / "checkpoints").absolute()), keep=run_cfg.keep_checkpoints,
+    ckpt_dir = str(workdir / "checkpoints") if _is_remote(workdir) else os.path.abspath(str(workdir / "checkpoints"))
+    ckpt = RunCheckpointer(ckpt_dir, keep=run_cfg.keep_checkpoints,
                            async_save=run_cfg.async_checkpoint)
     metrics_path = workdir / "metrics.jsonl"
     rows = local_rows(mesh, run_cfg.batch_size)
@@ -372,13 +416,8 @@ def train_and_evaluate(
         train_source.load_state_dict(meta["cursor"])
         start = int(meta["step"])
         log.info("resumed from %s at step %d", workdir, start)
-    if is_writer:
-        _truncate_metrics(metrics_path, start)
-
-    def write_metrics(row: dict):
-        if is_writer:
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+    metrics_log = MetricsLog(metrics_path, start, is_writer)
+    write_metrics = metrics_log.write
 
     show = progress if progress is not None else (is_writer and not os.environ.get("CI"))
     bar = None
@@ -403,7 +442,8 @@ def train_and_evaluate(
             step += 1
             if bar is not None:
                 bar.update(1)
-            if step % run_cfg.log_every == 0 or step == run_cfg.steps:
+            at_log_step = step % run_cfg.log_every == 0 or step == run_cfg.steps
+            if at_log_step:
                 host = [jax.tree.map(lambda a: np.asarray(a).tolist(), jax.device_get(m)) for m in pending]
                 pending.clear()
                 bad = [step - len(host) + i for i, m in enumerate(host) if m["nonfinite_input"]]
@@ -424,10 +464,13 @@ def train_and_evaluate(
                 row = evaluate(model_cfg, state, batches, mesh, eval_step)
                 row["step"] = step - 1
                 write_metrics(row)
-            if step % run_cfg.checkpoint_every == 0 or step == run_cfg.steps or preempt.requested:
+            stop = preempt.requested
+            if jax.process_count() > 1:  # every host must stop (and save) at the same step
+                stop = at_log_step and _any_process(stop)
+            if step % run_cfg.checkpoint_every == 0 or step == run_cfg.steps or stop:
                 ckpt.save(step, state, {"step": step, "cursor": train_source.state_dict()},
                           force=True)
-            if preempt.requested:
+            if stop:
                 log.warning("SIGTERM: checkpoint saved at step %d; stopping", step)
                 break
     if bar is not None:

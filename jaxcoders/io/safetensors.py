@@ -97,6 +97,19 @@ def _locate(path: os.PathLike | str) -> tuple[Path, Optional[Path]]:
     raise ReferenceFormatError(f"{p} does not exist")
 
 
+def _fetch_remote(url: str) -> Path:
+    from etils import epath
+
+    src = epath.Path(url)
+    local = Path(tempfile.mkdtemp(prefix="jaxcoders-ref-"))
+    names = [WEIGHTS_FILE, CONFIG_FILE, TRAINER_CONFIG_FILE] if src.is_dir() else [src.name]
+    base = src if src.is_dir() else src.parent
+    for name in names:
+        if (base / name).exists():
+            (local / name).write_bytes((base / name).read_bytes())
+    return local if src.is_dir() else local / src.name
+
+
 def load_reference(
     path: os.PathLike | str,
     *,
@@ -122,6 +135,8 @@ def load_reference(
     """
     from jaxcoders.crosscoder import CrossCoder, CrossCoderBuffers, CrossCoderParams, default_buffers
 
+    if "://" in str(path):  # gs:// and other object stores: fetch the small files first
+        path = _fetch_remote(str(path))
     weights_path, cfg_dir = _locate(path)
     tensors = _strip_prefixes(_read_tensors(weights_path))
     missing = [k_ for k_ in _WEIGHT_KEYS if k_ not in tensors]
@@ -328,6 +343,16 @@ def save_reference(model, out_dir: os.PathLike | str) -> Path:
         from jaxcoders.tied import save_tied
 
         return save_tied(model, out_dir)
+    if "://" in str(out_dir):  # object store: write locally, then upload the three files
+        from etils import epath
+
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            local = save_reference(model, Path(tmp_dir) / "export")
+            dest = epath.Path(out_dir)
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in sorted(local.iterdir()):
+                (dest / f.name).write_bytes(f.read_bytes())
+        return dest
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
