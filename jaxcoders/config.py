@@ -41,6 +41,7 @@ class CodeNormalization(enum.IntEnum):
 
 
 ARCHITECTURES = ("l1", "batchtopk", "tied")
+SELECTION_METHODS = ("topk", "radix", "pallas")  # jaxcoders.selection.METHODS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +216,10 @@ class TrainConfig:
             raise ValueError(f"grad_clip_norm must be >= 0 or None, got {self.grad_clip_norm}")
         if self.top_k_aux is not None and self.top_k_aux < 1:
             raise ValueError(f"top_k_aux must be a positive integer, got {self.top_k_aux}")
+        if self.selection_method not in SELECTION_METHODS:
+            raise ValueError(
+                f"selection_method must be one of {SELECTION_METHODS}, got {self.selection_method!r}"
+            )
         if self.eta <= 0:
             raise ValueError(f"eta must be positive, got {self.eta}")
         if self.dead_tokens_threshold < 1:
