@@ -73,11 +73,21 @@ def build_data(c, mesh, batch_size: int):
         from jaxcoders.data.loader import Loader
         from jaxcoders.data.store import ActivationStore
 
+        from jaxcoders.trainer import ConcatSources
+
         store = ActivationStore.open(d.store)
         mix = d.mix if d.mix in ("even", "concat") else [float(w) for w in str(d.mix).split(",")]
-        train = Loader(store, batch_size, seed=c.run.seed, split="train", mix=mix, normalize=d.normalize,
-                       target_rms=d.target_rms, shuffle_buffer_rows=d.shuffle_buffer_rows, prefetch=d.prefetch,
-                       sharding=shd.named(mesh, shd.batch_spec()))
+        P, p = jax.process_count(), jax.process_index()
+        readers = d.num_readers or P
+        if readers % P:
+            raise app.UsageError(f"--config.data.num_readers={readers} must be a multiple of the {P} processes")
+        per = readers // P  # this process owns readers p*per ... (p+1)*per - 1, in order
+        loaders = [Loader(store, batch_size,
+                          seed=c.run.seed, split="train", mix=mix, normalize=d.normalize, target_rms=d.target_rms,
+                          shuffle_buffer_rows=d.shuffle_buffer_rows, prefetch=d.prefetch,
+                          process_index=p * per + r, process_count=readers)
+                   for r in range(per)]
+        train = loaders[0] if per == 1 and readers == P else ConcatSources(loaders)
         val = None
         if d.val_split and d.val_split in store.splits:
             def val():

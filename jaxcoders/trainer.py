@@ -130,6 +130,39 @@ class ArrayBatches:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
+class ConcatSources:
+    """Several data sources read as one: each yields part of this process's rows, concatenated in
+    order. Used to decouple the data partitioning from the number of hosts: a store read by R
+    logical readers gives the same global batches whether 1 process owns all R readers or R
+    processes own one each (the pod rehearsal test relies on it)."""
+
+    def __init__(self, sources):
+        self.sources = list(sources)
+        self._iters = None
+
+    def __iter__(self):
+        self._iters = [iter(s) for s in self.sources]
+        return self
+
+    def __next__(self):
+        if self._iters is None:
+            iter(self)
+        parts = [np.asarray(next(it)) for it in self._iters]
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def state_dict(self) -> dict:
+        return {"sources": [s.state_dict() for s in self.sources]}
+
+    def load_state_dict(self, state: dict) -> None:
+        states = state["sources"]
+        if len(states) != len(self.sources):
+            raise ValueError(f"the saved data cursor has {len(states)} readers, this run has {len(self.sources)}; "
+                             "resume with the same --config.data.num_readers")
+        for s, st in zip(self.sources, states):
+            s.load_state_dict(st)
+        self._iters = None
+
+
 def local_rows(mesh, batch_size: int) -> slice:
     """The rows of a global (B, M, D) batch that this process's devices hold."""
     sharding = jax.sharding.NamedSharding(mesh, shd.batch_spec())

@@ -24,6 +24,8 @@ def base_config() -> ml_collections.ConfigDict:
     # "validation") splits; or `acts`: a .npy file of (N, M, D) activations; or "synthetic".
     c.data = ml_collections.ConfigDict(dict(
         store="", acts="", synthetic=False, val_split="validation", mix="even", normalize=False, target_rms=1.0,
-        shuffle_buffer_rows=65536, prefetch=2,
+        shuffle_buffer_rows=65536, prefetch=2, num_readers=0,
     ))
+    # num_readers: logical partitions of the store (0 = one per process). Fixing it (e.g. to the
+    # largest host count you will use) makes the batch sequence independent of the host count.
     return c
