@@ -94,6 +94,8 @@ def build_data(c, mesh, batch_size: int):
                 return Loader(store, batch_size, seed=0, split=d.val_split, mix="concat", shuffle=False,
                               normalize=d.normalize, target_rms=d.target_rms, prefetch=0, num_epochs=1,
                               sharding=shd.named(mesh, shd.batch_spec()))
+        if val is not None and c.run.eval_every:
+            val().close()  # fail now, not at the first evaluation, if the split cannot feed this layout
         M, D = store.num_models, store.d_model
         desc = {"store": store.url, "mix": d.mix, "normalize": d.normalize, "target_rms": d.target_rms}
         return train, val, D, M, desc
