@@ -15,6 +15,11 @@ _LAZY = {
     "summary_line": "jaxcoders.analysis.tables",
     "run_pass": "jaxcoders.analysis.stream",
     "make_mesh": "jaxcoders.analysis._mesh",
+    "collect_examples": "jaxcoders.analysis.examples",
+    "write_examples": "jaxcoders.analysis.examples",
+    "load_examples": "jaxcoders.analysis.examples",
+    "max_activations": "jaxcoders.analysis.examples",
+    "build_report": "jaxcoders.analysis.report",
 }
 
 
