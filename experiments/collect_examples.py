@@ -46,6 +46,7 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("max_tokens", None, "Use only the first rows of the store.")
 flags.DEFINE_integer("mesh_latent", 1, "Devices on the mesh's latent axis (the rest shard tokens).")
 flags.DEFINE_float("max_state_gb", 4.0, "Refuse to start when the device state would exceed this (GiB per device).")
+flags.DEFINE_float("max_output_gb", 16.0, "Refuse to start when the examples could exceed this much host memory (GiB).")
 flags.DEFINE_bool("progress", True, "Progress bars.")
 flags.mark_flag_as_required("crosscoder")
 
@@ -98,7 +99,8 @@ def main(argv):
             per_bucket=FLAGS.per_bucket, fractions=[float(f) for f in FLAGS.fractions],
             before=FLAGS.window_before, after=FLAGS.window_after, batch_size=FLAGS.batch_size,
             max_sequences=FLAGS.max_sequences, dedup=FLAGS.dedup, seed=FLAGS.seed, mesh=mesh,
-            max_rows=FLAGS.max_tokens, max_state_bytes=FLAGS.max_state_gb * 2 ** 30, progress=FLAGS.progress)
+            max_rows=FLAGS.max_tokens, max_state_bytes=FLAGS.max_state_gb * 2 ** 30,
+            max_output_bytes=FLAGS.max_output_gb * 2 ** 30, progress=FLAGS.progress)
         res["meta"].update(crosscoder=str(path), store=FLAGS.store, acts=FLAGS.acts, max_activation_file=source)
         paths = exm.write_examples(res, out_dir)
         m = res["meta"]
