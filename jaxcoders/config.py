@@ -42,6 +42,7 @@ class CodeNormalization(enum.IntEnum):
 
 ARCHITECTURES = ("l1", "batchtopk", "tied")
 SELECTION_METHODS = ("topk", "radix", "pallas")  # jaxcoders.selection.METHODS
+DECODER_MODES = ("dense", "sparse", "auto")  # jaxcoders.sparse.DECODER_MODES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +163,11 @@ class TrainConfig:
       init_b_dec_geometric_median: BatchTopK sets b_dec to the geometric median of the first batch.
       dead_latent_eps: L1 dead tracking: a latent is dead in a batch if f*c <= eps for every token.
       selection_method: batch top-k selection method (see `jaxcoders.selection`).
+      decoder_mode: BatchTopK train step: "dense" (every matmul dense, the reference's order of
+        operations), "sparse" (decode, decoder and encoder gradients and auxk only over the
+        selected entries, `jaxcoders.sparse`; equal up to float summation order), or "auto"
+        (sparse where measured faster: `jaxcoders.sparse.decoder_mode`). L1, tied and DECOUPLED
+        BatchTopK always run dense.
       seed: PRNG seed (initialisation of fresh models in the launchers).
     """
 
@@ -189,6 +195,7 @@ class TrainConfig:
     init_b_dec_geometric_median: bool = True
     dead_latent_eps: float = 1e-4
     selection_method: str = "topk"
+    decoder_mode: str = "auto"
     seed: int = 0
 
     def __post_init__(self):
@@ -220,6 +227,8 @@ class TrainConfig:
             raise ValueError(
                 f"selection_method must be one of {SELECTION_METHODS}, got {self.selection_method!r}"
             )
+        if self.decoder_mode not in DECODER_MODES:
+            raise ValueError(f"decoder_mode must be one of {DECODER_MODES}, got {self.decoder_mode!r}")
         if self.eta <= 0:
             raise ValueError(f"eta must be positive, got {self.eta}")
         if self.dead_tokens_threshold < 1:

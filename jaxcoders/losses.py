@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxcoders.config import CrossCoderConfig, TrainConfig
 from jaxcoders.crosscoder import (
     CrossCoderParams,
+    batchtopk_scores,
     code_normalization,
     decode,
     encode_relu,
@@ -39,6 +40,22 @@ class L1Aux(NamedTuple):
     mse: jax.Array  # mean_b sum_{m,d} e^2
 
 
+def _encode_relu_flat(cfg: CrossCoderConfig, params: CrossCoderParams, x_BMD: jax.Array) -> jax.Array:
+    """`crosscoder.encode_relu` as one (B, M·D) @ (M·D, F) matmul (same dtype policy).
+
+    The same forward; its transpose gives dW_enc directly in the parameter's (M·D, F) layout,
+    where the einsum form made XLA:CPU produce it as (F, M·D) and transpose it inside each of the
+    optimizer's elementwise passes (measured: L1 step at D=512 F=8192 B=2048 ~5 % faster)."""
+    B = x_BMD.shape[0]
+    w = params.w_enc_MDF.reshape(-1, params.w_enc_MDF.shape[-1])
+    x = x_BMD.reshape(B, -1)
+    if cfg.compute_dtype == "bfloat16":
+        pre = jnp.dot(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+    else:
+        pre = jnp.dot(x, w, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+    return jax.nn.relu(pre + params.b_enc_F)
+
+
 def l1_loss(
     cfg: CrossCoderConfig,
     tcfg: TrainConfig,
@@ -47,7 +64,7 @@ def l1_loss(
     l1_coefficient: jax.Array,
 ) -> tuple[jax.Array, L1Aux]:
     """L1 crosscoder loss: recon + mu * mean_b sum_j f_j c_j (c differentiable through W_dec)."""
-    f_BF = encode_relu(cfg, params, x_BMD)
+    f_BF = _encode_relu_flat(cfg, params, x_BMD)
     x_hat = decode(cfg, params, f_BF)
     e = x_BMD - x_hat
     recon = reconstruction_loss(e, tcfg.use_mse_loss)
@@ -130,7 +147,14 @@ def batchtopk_loss(
     B = x_BMD.shape[0]
     f_BF = encode_relu(cfg, params, x_BMD)
     c = code_normalization(cfg, params.w_dec_MFD)
-    f_sel, mask = select_train(cfg, f_BF, c, k, k_cap=k_cap, method=tcfg.selection_method)
+    if cfg.decoupled:
+        f_sel, mask = select_train(cfg, f_BF, c, k, k_cap=k_cap, method=tcfg.selection_method)
+    else:  # the same mask as select_train, bit for bit, from the faster bracketed selection
+        from jaxcoders.sparse import select_mask
+
+        scores = jax.lax.stop_gradient(batchtopk_scores(cfg, f_BF, c))
+        mask = select_mask(scores, k, k_cap=k_cap, method=tcfg.selection_method)
+        f_sel = f_BF * mask
     x_hat = decode(cfg, params, f_sel)
     e = x_BMD - x_hat
     recon = reconstruction_loss(e, tcfg.use_mse_loss)

@@ -1,0 +1,62 @@
+"""Smoke test of experiments/benchmark.py (CI size, no timing assertions) and its plotting command."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STEP_KEYS = {
+    "kind", "date", "command", "backend", "device_kind", "device_count", "host_cpus", "malloc_hugetlb", "jax_version",
+    "preset", "arch", "M", "D", "F", "B", "k", "selection", "decoder_mode", "decoder_path", "dtype", "mesh",
+    "dead_fraction", "num_dead", "steps", "warmup", "ms_per_step", "ms_per_step_min", "ms_per_step_max",
+    "tokens_per_s", "flops_dense", "flops_executed", "achieved_tflops", "peak_tflops", "peak_matmul",
+    "fraction_of_peak", "roofline_tokens_per_s", "fraction_of_roofline", "encoder_forward_ms",
+    "step_over_encoder_forward", "selection_ms", "selection_fraction", "peak_memory_bytes", "memory_source",
+    "host_max_rss_bytes", "compile_s", "loss_last", "loadavg_1m_start", "loadavg_1m_end",
+}
+
+
+def test_benchmark_smoke_and_plot(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--preset=S", "--steps=3", "--warmup=1",
+           f"--output={out}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["arch"] for r in recs] == ["l1", "batchtopk"]
+    for r in recs:
+        assert STEP_KEYS <= set(r), STEP_KEYS - set(r)
+        assert (r["D"], r["F"], r["B"], r["steps"]) == (256, 4096, 1024, 3)
+        assert r["ms_per_step"] > 0 and r["tokens_per_s"] > 0 and r["peak_tflops"] > 0
+        assert r["backend"] == "cpu" and r["malloc_hugetlb"] is True
+    l1, btk = recs
+    assert l1["flops_executed"] == l1["flops_dense"] == 5 * 2 * 1024 * 2 * 256 * 4096
+    assert btk["decoder_path"] == "sparse" and btk["k"] == 32 and btk["num_dead"] > 0
+    assert 0 < btk["selection_ms"]
+    # stdout carries the same lines
+    assert [json.loads(x)["arch"] for x in proc.stdout.splitlines() if x.startswith("{")] == ["l1", "batchtopk"]
+
+    png, md = tmp_path / "bench.png", tmp_path / "bench.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "plot_benchmark.py"), f"--input={out}",
+                           f"--output={png}", f"--markdown={md}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert png.stat().st_size > 10_000
+    assert md.read_text().count("\n") == 4 and "S batchtopk k=32 sparse topk" in md.read_text()
+
+
+def test_flop_accounting():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import benchmark
+
+    G = 2.0 * 2048 * 2 * 512 * 8192
+    assert benchmark.dense_flops("l1", 2, 512, 8192, 2048) == 5 * G
+    assert benchmark.dense_flops("tied", 2, 512, 8192, 2048) == 9 * G
+    assert benchmark.executed_flops("batchtopk", "dense", 2, 512, 8192, 2048, 32, 0, 256) == 8 * G
+    sparse = benchmark.executed_flops("batchtopk", "sparse", 2, 512, 8192, 2048, 32, 0, 256)
+    assert sparse == G + 8 * 32 * 2048 * 1024
+    with_aux = benchmark.executed_flops("batchtopk", "sparse", 2, 512, 8192, 2048, 32, 400, 256)
+    assert with_aux == sparse + 4 * 2 * 2048 * 1024 * 512  # the F/16 bucket holds 400 dead latents
