@@ -1,10 +1,19 @@
-"""The built-in demo: train an L1 and a BatchTopK crosscoder on synthetic paired activations with
-planted shared / chat-only / base-only features, and report what each crosscoder found.
+"""The built-in demo: the whole crosscoder model-diffing pipeline on a real (tiny) base/chat model pair.
 
-    python experiments/demo.py --out demo_out          # what `make demo` runs
+    python experiments/demo.py --out demo_out          # what `make demo` runs (< 10 min on 2 CPU cores)
+    python experiments/demo.py --out demo_out --small  # the same pipeline at CI size (~2 min)
+    python experiments/demo.py --synthetic --out demo_synth   # crosscoders on planted synthetic activations
 
-Writes `<out>/summary.md` (read this first), `<out>/summary.json`, and both crosscoders in the
-reference (dictionary_learning) layout under `<out>/l1/` and `<out>/batchtopk/`.
+Default: builds (or loads from ~/.cache/jaxcoders/demo_models) a base model pretrained on Python's
+bundled documentation and a chat model fine-tuned from it with planted behaviours (a fixed greeting
+after the assistant turn marker, a refusal after the trigger word "password"), extracts both models'
+activations at a middle layer on text and chats into an ActivationStore, trains an L1 and a BatchTopK
+crosscoder, runs Latent Scaling and the analyses, exports both crosscoders in the reference layout
+(`<out>/l1`, `<out>/batchtopk`) and writes `<out>/report/summary.md` (read this first). See
+`jaxcoders/demo/pipeline.py`. Nothing touches a model hub.
+
+`--synthetic`: the earlier demo on synthetic paired activations with planted shared / chat-only /
+base-only features; writes `<out>/summary.md`, `<out>/summary.json`, `<out>/l1`, `<out>/batchtopk`.
 """
 from __future__ import annotations
 
@@ -14,19 +23,33 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+for _k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_k, "1")  # the demo never touches a hub
+
+from absl import app, flags  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "demo_out", "Output directory.")
-flags.DEFINE_integer("steps", 3000, "Training steps per crosscoder.")
-flags.DEFINE_integer("batch_size", 512, "Tokens per batch.")
-flags.DEFINE_integer("dict_size", 256, "Latents F.")
-flags.DEFINE_integer("k", 4, "BatchTopK k.")
-flags.DEFINE_float("l1_coefficient", 0.08, "L1 crosscoder sparsity coefficient mu.")
-flags.DEFINE_float("lr", 2e-3, "Peak learning rate.")
-flags.DEFINE_integer("seed", 0, "Seed of the planted dictionary, data and initialisation.")
+flags.DEFINE_bool("synthetic", False, "Run the synthetic planted-feature demo instead of the model-pair pipeline.")
+flags.DEFINE_bool("small", False, "Model-pair pipeline at CI size (tiny models, ~10k tokens, 256 latents).")
+flags.DEFINE_string("models_dir", None, "Cache of built model pairs (default: $JAXCODERS_CACHE/demo_models, "
+                    "else ~/.cache/jaxcoders/demo_models).")
+flags.DEFINE_integer("layer", None, "Extract the residual stream after this block (default: num_layers // 2).")
+flags.DEFINE_integer("tokens", None, "Training tokens per dataset (text, chat) to extract (default 40000).")
+flags.DEFINE_integer("steps", None, "Training steps per crosscoder (default 1000; synthetic 3000).")
+flags.DEFINE_integer("batch_size", None, "Tokens per batch (default 512).")
+flags.DEFINE_integer("dict_size", None, "Latents F (default 1024; synthetic 256).")
+flags.DEFINE_integer("k", None, "BatchTopK k (default 16; synthetic 4).")
+flags.DEFINE_float("l1_coefficient", None, "L1 crosscoder sparsity coefficient mu (default 0.05; synthetic 0.08).")
+flags.DEFINE_float("lr", None, "Peak learning rate (default 1e-3; synthetic 2e-3).")
+flags.DEFINE_integer("seed", 0, "Seed of the data order and initialisation (synthetic: also of the planted dictionary).")
+flags.DEFINE_bool("progress", None, "Progress bars (default: on unless $CI is set or stderr is not a terminal).")
+
+
+def _opt(value, default):
+    return default if value is None else value
 
 
 def relative_decoder_norm(w_dec_MFD):
@@ -77,8 +100,7 @@ def summarize(name, model, planted, x_val):
     }
 
 
-def main(argv):
-    del argv
+def main_synthetic():
     import numpy as np
     from flax import nnx
 
@@ -92,7 +114,8 @@ def main(argv):
     t0 = time.time()
     spec = SyntheticSpec(activation_dim=32, n_shared=48, n_chat_only=8, n_base_only=8, n_rotated=4, seed=FLAGS.seed)
     planted = make_dictionary(spec)
-    B, T = FLAGS.batch_size, FLAGS.steps
+    B, T = _opt(FLAGS.batch_size, 512), _opt(FLAGS.steps, 3000)
+    dict_size, k, mu, lr = _opt(FLAGS.dict_size, 256), _opt(FLAGS.k, 4), _opt(FLAGS.l1_coefficient, 0.08), _opt(FLAGS.lr, 2e-3)
     print(f"[1/3] planting {spec.n_features} features (48 shared, 8 chat-only, 8 base-only, 4 rotated) "
           f"in D={spec.activation_dim}; sampling {B * T:,} training tokens", flush=True)
     x_train, _ = planted.sample(B * T, seed=FLAGS.seed + 1)
@@ -101,14 +124,14 @@ def main(argv):
 
     results = {}
     for step_no, (arch, kw, tkw) in enumerate([
-        ("l1", dict(norm_init_scale=0.1), dict(l1_coefficient=FLAGS.l1_coefficient)),
-        ("batchtopk", dict(k=FLAGS.k, norm_init_scale=1.0), dict(threshold_start_step=T // 4)),
+        ("l1", dict(norm_init_scale=0.1), dict(l1_coefficient=mu)),
+        ("batchtopk", dict(k=k, norm_init_scale=1.0), dict(threshold_start_step=T // 4)),
     ], start=2):
-        print(f"[{step_no}/3] training the {arch} crosscoder (F={FLAGS.dict_size}, {T} steps of {B} tokens)", flush=True)
-        cfg = CrossCoderConfig(2, spec.activation_dim, FLAGS.dict_size, architecture=arch,
+        print(f"[{step_no}/3] training the {arch} crosscoder (F={dict_size}, {T} steps of {B} tokens)", flush=True)
+        cfg = CrossCoderConfig(2, spec.activation_dim, dict_size, architecture=arch,
                                same_init_for_all_models=True, **kw)
         model = CrossCoder(cfg, rngs=nnx.Rngs(FLAGS.seed))
-        tcfg = TrainConfig(lr=FLAGS.lr, warmup_steps=min(100, T // 10), total_steps=T, **tkw)
+        tcfg = TrainConfig(lr=lr, warmup_steps=min(100, T // 10), total_steps=T, **tkw)
         trained, losses = jaxcoders.fit(model, batches, tcfg, progress=not os.environ.get("CI"))
         jaxcoders.save_reference(trained, out / arch)
         res = summarize(arch, trained, planted, x_val)
@@ -135,6 +158,26 @@ def main(argv):
               f"Exported (reference layout): {out / 'l1'}, {out / 'batchtopk'}. Took {results['seconds']} s."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def main(argv):
+    del argv
+    if FLAGS.synthetic:
+        return main_synthetic()
+    from jaxcoders.demo.pipeline import DemoConfig, run_demo
+
+    progress = FLAGS.progress if FLAGS.progress is not None else (not os.environ.get("CI") and sys.stderr.isatty())
+    kw = dict(out=FLAGS.out, models_dir=FLAGS.models_dir, layer=FLAGS.layer, seed=FLAGS.seed, progress=progress)
+    for name, flag in (("text_tokens", FLAGS.tokens), ("chat_tokens", FLAGS.tokens), ("steps", FLAGS.steps),
+                       ("batch_size", FLAGS.batch_size), ("dict_size", FLAGS.dict_size), ("k", FLAGS.k),
+                       ("l1_coefficient", FLAGS.l1_coefficient), ("lr", FLAGS.lr)):
+        if flag is not None:
+            kw[name] = flag
+    cfg = DemoConfig.small(**kw) if FLAGS.small else DemoConfig(**kw)
+    result = run_demo(cfg)
+    print()
+    print(result["summary_md"])
+    print(f"Report: {Path(cfg.out) / 'report' / 'summary.md'}")
 
 
 if __name__ == "__main__":
