@@ -39,7 +39,11 @@ One JSON line per configuration (printed, and appended to --output):
   aliased + temporaries), host_max_rss_bytes (the process's max RSS so far), compile_s,
   loss_last.
 With --loader, one extra line of kind "loader": the store-backed Loader alone (batches/s) and the
-first configuration's step fed by it (prefetch overlapping compute) vs fed a resident batch.
+first configuration's step fed by it (prefetch overlapping compute) vs fed a resident batch
+(loader_ms_per_batch, loader_tokens_per_s, step_ms_resident_batch, step_ms_with_loader,
+loader_overhead_fraction). With --selection_only, only lines of kind "selection": each selection
+implementation (implementation: batch_topk_mask | select_mask | select_entries; selection: the
+method) timed alone on ReLU(normal) (B, F) scores (ms_median, ms_min, rounds).
 
 Flags --hugepages (default on) re-executes the process with GLIBC_TUNABLES=glibc.malloc.hugetlb=1:
 XLA:CPU allocates its large temporaries with malloc/mmap each step, and 4 KiB page faults on
@@ -89,6 +93,9 @@ flags.DEFINE_bool("hugepages", True, "Re-exec with GLIBC_TUNABLES=glibc.malloc.h
 flags.DEFINE_integer("host_devices", 0, "CPU: fake this many host devices (for --mesh).")
 flags.DEFINE_bool("loader", False, "Also measure the ActivationStore Loader alone and overlapped.")
 flags.DEFINE_bool("time_selection", True, "BatchTopK: time the selection alone.")
+flags.DEFINE_bool("selection_only", False, "Only time the selection implementations (kind 'selection' lines): "
+                  "selection.batch_topk_mask per --selection method vs the bracketed sparse.select_mask / "
+                  "select_entries, on ReLU(normal) scores of shape (B, F) for each --k.")
 flags.DEFINE_integer("seed", 0, "Seed.")
 
 _REEXEC = "JAXCODERS_BENCHMARK_REEXEC"
@@ -182,7 +189,9 @@ class Bench:
         self.tcfg = TrainConfig(warmup_steps=0, threshold_start_step=0,
                                 selection_method=spec["selection"] or "topk",
                                 decoder_mode=spec["decoder_mode"])
-        self.path = decoder_mode(self.cfg, self.tcfg, B) if arch == "batchtopk" else "dense"
+        data, latent = (int(v) for v in spec["mesh"].lower().split("x"))
+        self.path = (decoder_mode(self.cfg, self.tcfg, B, num_devices=data * latent)
+                     if arch == "batchtopk" else "dense")
         model = CrossCoder(self.cfg, rngs=nnx.Rngs(seed))
         state = init_train_state(model, self.tcfg)
         key = jax.random.key(seed + 1)
@@ -195,7 +204,6 @@ class Bench:
             state = state._replace(params=state.params._replace(b_enc_F=b_enc), tokens_since_fired_F=counters)
         self.x = jax.random.normal(jax.random.fold_in(key, 1), (B, M, D), jnp.float32)
         self.k_t = jnp.asarray(spec["k"] or 0, jnp.int32)
-        data, latent = (int(v) for v in spec["mesh"].lower().split("x"))
         self.mesh = None
         if data * latent > 1:
             self.mesh = shd.make_mesh(data, latent, devices=jax.devices()[: data * latent])
@@ -422,12 +430,52 @@ def _loader_record(b: Bench, common: dict) -> dict:
     return rec
 
 
+def _selection_only(common: dict) -> None:
+    """Interleaved timing of every selection implementation at the preset's (B, F)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxcoders.selection import batch_topk_mask
+    from jaxcoders.sparse import select_entries, select_mask
+
+    for preset in FLAGS.preset:
+        _, F, B = PRESETS[preset]
+        F, B = FLAGS.dict_size or F, FLAGS.batch_size or B
+        s = jax.nn.relu(jax.random.normal(jax.random.key(FLAGS.seed), (B, F), jnp.float32))
+        cases = []
+        for k, method in itertools.product([int(k) for k in FLAGS.k], FLAGS.selection):
+            cases += [
+                (k, method, "batch_topk_mask", jax.jit(lambda s, k=k, m=method: batch_topk_mask(s, k, method=m))),
+                (k, method, "select_mask", jax.jit(lambda s, k=k, m=method: select_mask(s, k, method=m))),
+                (k, method, "select_entries", jax.jit(lambda s, k=k, m=method: select_entries(s, k, method=m))),
+            ]
+        for *_, fn in cases:
+            jax.block_until_ready(fn(s))
+        times = [[] for _ in cases]
+        loads = []
+        for _ in range(FLAGS.steps):
+            loads.append(os.getloadavg()[0])
+            for i, (*_, fn) in enumerate(cases):
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(s))
+                times[i].append(time.perf_counter() - t0)
+        for (k, method, impl, _), t in zip(cases, times):
+            rec = dict(common)
+            rec.update(kind="selection", preset=preset, B=B, F=F, k=k, selection=method, implementation=impl,
+                       ms_median=round(1e3 * _median(t), 2), ms_min=round(1e3 * min(t), 2), rounds=len(t),
+                       loadavg_1m_start=round(loads[0], 2), loadavg_1m_end=round(loads[-1], 2))
+            _emit(rec)
+
+
 def main(argv):
     del argv
     _maybe_reexec()
     import jax
 
     common = _common()
+    if FLAGS.selection_only:
+        _selection_only(common)
+        return
     specs = _configs()
     benches, peaks = [], {}
     for spec in specs:

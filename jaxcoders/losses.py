@@ -14,7 +14,6 @@ import jax.numpy as jnp
 from jaxcoders.config import CrossCoderConfig, TrainConfig
 from jaxcoders.crosscoder import (
     CrossCoderParams,
-    batchtopk_scores,
     code_normalization,
     decode,
     encode_relu,
@@ -152,8 +151,9 @@ def batchtopk_loss(
     else:  # the same mask as select_train, bit for bit, from the faster bracketed selection
         from jaxcoders.sparse import select_mask
 
-        scores = jax.lax.stop_gradient(batchtopk_scores(cfg, f_BF, c))
-        mask = select_mask(scores, k, k_cap=k_cap, method=tcfg.selection_method)
+        c_sg = jax.lax.stop_gradient(c)
+        mask = select_mask(f_BF, k, k_cap=k_cap, method=tcfg.selection_method,
+                           transform=lambda f, j: f * c_sg[j])  # scores f·c, never stored
         f_sel = f_BF * mask
     x_hat = decode(cfg, params, f_sel)
     e = x_BMD - x_hat

@@ -194,7 +194,8 @@ def make_train_step(
         # The optimizer update runs under a cond on `finite` (a non-finite batch leaves parameters
         # and moments unchanged) rather than a select between new and old state afterwards: with
         # the state donated, the select kept old and new alive together and XLA copied every
-        # parameter and moment (~40 % of the L1 step's non-matmul time on CPU).
+        # parameter and moment (profiled on CPU at D=512 F=8192 B=2048: the optimizer's passes
+        # took ~420 ms per step under load, ~100 ms with the cond).
         def update(_):
             updates, opt_state = opt.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
