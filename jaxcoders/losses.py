@@ -20,6 +20,7 @@ from jaxcoders.crosscoder import (
     select_train,
     summed_code_normalization,
 )
+from jaxcoders.selection import batch_topk_mask_sharded, row_topk_mask
 
 _COUNTER_CAP = 2**30  # tokens-since-fired counters saturate here (int32 safe)
 
@@ -103,6 +104,7 @@ def auxk_loss(
     residual_BMD: jax.Array,
     dead_F: jax.Array,
     top_k_aux: int,
+    mesh=None,
 ) -> jax.Array:
     """Auxiliary loss that revives dead latents (SPEC section 3).
 
@@ -116,11 +118,8 @@ def auxk_loss(
     kk = min(top_k_aux, F)
     scores = jax.lax.stop_gradient(f_BF * summed_code_normalization(cfg, params.w_dec_MFD))
     masked = jnp.where(dead_F[None, :], scores, -jnp.inf)
-    _, idx_BK = jax.lax.top_k(masked, kk)
-    valid_BK = dead_F[idx_BK]
-    vals_BK = jnp.take_along_axis(f_BF, idx_BK, axis=1) * valid_BK
-    rows = jnp.arange(B)[:, None]
-    aux_f_BF = jnp.zeros_like(f_BF).at[rows, idx_BK].add(vals_BK)
+    picked_BF = row_topk_mask(masked, kk, mesh=mesh) & dead_F[None, :]
+    aux_f_BF = jnp.where(picked_BF, f_BF, 0.0)
     recon_aux = decode(cfg, params, aux_f_BF, add_bias=False).reshape(B, -1)
     r = jax.lax.stop_gradient(residual_BMD).reshape(B, -1)
     num = jnp.mean(jnp.sum(jnp.square(r - recon_aux), axis=-1))
@@ -138,16 +137,26 @@ def batchtopk_loss(
     k: jax.Array,
     *,
     k_cap: Optional[int] = None,
+    mesh=None,
 ) -> tuple[jax.Array, BatchTopKAux]:
     """BatchTopK loss: mean_{b,m} ||e|| + auxk_alpha * auxk, with the dead-token counters.
 
     Order of the reference: select, count (add B to every counter, zero the fired ones), then a
-    latent is dead if its counter >= dead_tokens_threshold, then auxk on the dead ones."""
+    latent is dead if its counter >= dead_tokens_threshold, then auxk on the dead ones.
+
+    `mesh`: the ("data", "latent") mesh the step runs on. With more than one device the batch
+    top-k runs as `selection.batch_topk_mask_sharded` on the local (B/d, F/l) blocks (histogram
+    psums or gathered local candidates) instead of a selection over the whole (B, F) matrix,
+    which XLA would all-gather to every device. Same mask either way (exact)."""
     B = x_BMD.shape[0]
     f_BF = encode_relu(cfg, params, x_BMD)
     c = code_normalization(cfg, params.w_dec_MFD)
     if cfg.decoupled:
         f_sel, mask = select_train(cfg, f_BF, c, k, k_cap=k_cap, method=tcfg.selection_method)
+    elif mesh is not None and mesh.size > 1:
+        scores = jax.lax.stop_gradient(f_BF * c)
+        mask = batch_topk_mask_sharded(scores, k, mesh=mesh, k_cap=k_cap, method=tcfg.selection_method)
+        f_sel = f_BF * mask
     else:  # the same mask as select_train, bit for bit, from the faster bracketed selection
         from jaxcoders.sparse import select_mask
 
@@ -164,7 +173,7 @@ def batchtopk_loss(
     counters = jnp.where(fired_F, 0, counters).astype(jnp.int32)
     dead_F = counters >= tcfg.dead_tokens_threshold
     top_k_aux = tcfg.top_k_aux if tcfg.top_k_aux is not None else cfg.activation_dim // 2
-    aux = auxk_loss(cfg, params, f_BF, e, dead_F, top_k_aux)
+    aux = auxk_loss(cfg, params, f_BF, e, dead_F, top_k_aux, mesh=mesh)
     loss = recon + tcfg.auxk_alpha * aux
 
     f_scaled = jax.lax.stop_gradient(f_sel * (c[None] if cfg.decoupled else c))

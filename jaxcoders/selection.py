@@ -403,6 +403,48 @@ def batch_topk_mask_sharded(
     return jax.jit(smap(body, in_specs=(spec, P())))(scores_BF, jnp.asarray(k, jnp.int32))
 
 
+def _row_topk_mask_local(scores_BF: jax.Array, kk: int, latent_axis: Optional[str]) -> jax.Array:
+    """This (row block, column block)'s part of the per-row top-kk mask; columns may be sharded
+    over `latent_axis` (shard j holds columns j*Fl ... (j+1)*Fl - 1)."""
+    Bl, Fl = scores_BF.shape
+    cand = lax.top_k(scores_BF, min(kk, Fl))[0]  # (Bl, <=kk): this shard's best per row
+    if latent_axis is not None:
+        cand = lax.all_gather(cand, latent_axis, axis=1, tiled=True)  # (Bl, l * <=kk)
+    v_B1 = lax.top_k(cand, kk)[0][:, -1:]  # the kk-th largest of the whole row
+    above = scores_BF > v_B1
+    n_above = jnp.sum(above, axis=1, keepdims=True, dtype=jnp.int32)
+    tie = scores_BF == v_B1
+    n_tie = jnp.sum(tie, axis=1, keepdims=True, dtype=jnp.int32)
+    before = jnp.zeros_like(n_tie)  # ties in the shards left of this one
+    if latent_axis is not None:
+        n_above = lax.psum(n_above, latent_axis)
+        ties = lax.all_gather(n_tie[:, 0], latent_axis, axis=1)  # (Bl, l)
+        j = lax.axis_index(latent_axis)
+        before = jnp.sum(jnp.where(jnp.arange(ties.shape[1]) < j, ties, 0), axis=1, keepdims=True)
+    need = kk - n_above
+    return above | (tie & (before + jnp.cumsum(tie, axis=1, dtype=jnp.int32) <= need))
+
+
+def row_topk_mask(scores_BF: jax.Array, kk: int, *, mesh: Optional[Mesh] = None,
+                  data_axis: str = "data", latent_axis: str = "latent") -> jax.Array:
+    """bool (B, F): per row, the kk positions `lax.top_k(scores_BF, kk)` returns (ties at the cut
+    go to the lower column index, as lax.top_k orders them). kk <= F, static.
+
+    Built from the kk-th value and cumulative tie counts rather than by scattering indices: XLA
+    all-gathers the whole (B, F) matrix for a scatter or a row top_k on a batch-sharded operand.
+    With a `mesh` of more than one device it runs under shard_map on P(data, latent) blocks: each
+    latent shard contributes its per-row top-kk candidates (all-gathered: (B/d, l·kk) values)
+    and its per-row tie counts (B/d × l int32); the mask keeps the input's sharding.
+    NaN-free scores assumed (-inf allowed)."""
+    if mesh is None or mesh.size == 1:
+        return _row_topk_mask_local(scores_BF, kk, None)
+    spec = P(data_axis, latent_axis)
+    lat = latent_axis if mesh.shape[latent_axis] > 1 else None
+    fn = jax.shard_map(functools.partial(_row_topk_mask_local, kk=kk, latent_axis=lat), mesh=mesh,
+                       in_specs=spec, out_specs=spec)
+    return fn(scores_BF)
+
+
 def _benchmark(B: int = 1024, F: int = 8192, ks=(32, 100), methods=("topk", "radix"), repeats: int = 9):
     """`python -m jaxcoders.selection [B F]`: one JSON line per (method, k, k static/traced).
 

@@ -10,6 +10,8 @@ linear decay; L1 coefficient warm-up (optional); BatchTopK k-annealing, theta EM
 """
 from __future__ import annotations
 
+import functools
+
 import logging
 import math
 from typing import Any, Callable, Iterable, NamedTuple, Optional
@@ -180,7 +182,8 @@ def make_train_step(
             k_arg = cfg.k if k_cap is None else k_t
             mode = decoder_mode(cfg, tcfg, x.shape[0], k=cfg.k if k_cap is None else k_cap,
                                 num_devices=1 if mesh is None else mesh.size)
-            loss_fn = batchtopk_loss_sparse if mode == "sparse" else batchtopk_loss
+            loss_fn = (batchtopk_loss_sparse if mode == "sparse"
+                       else functools.partial(batchtopk_loss, mesh=mesh))
             (loss, aux), grads = jax.value_and_grad(loss_fn, argnums=2, has_aux=True)(
                 cfg, tcfg, state.params, x, state.tokens_since_fired_F, k_arg, k_cap=k_cap
             )

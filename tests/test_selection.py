@@ -224,8 +224,43 @@ _SHARDED = textwrap.dedent("""
     got = batch_topk_mask_sharded(jax.device_put(xs[3], NamedSharding(mesh, P("data", None))), 2,
                                   mesh=mesh, latent_axis=None)
     np.testing.assert_array_equal(np.asarray(got), ref(xs[3], 2))
+    # per-row top-kk (auxk): sharded blocks equal lax.top_k's row selection, ties and -inf included
+    from jaxcoders.selection import row_topk_mask
+    def row_ref(x, kk):
+        m = np.zeros((B, F), bool); np.put_along_axis(m, np.asarray(jax.lax.top_k(jnp.asarray(x), kk)[1]), True, 1)
+        return m
+    ninf = np.where(rng.random((B, F)) < 0.7, -np.inf, xs[1]).astype(np.float32)
+    for shape in [(8, 1), (4, 2), (2, 4), (1, 8)]:
+        mesh = jax.make_mesh(shape, ("data", "latent"))
+        sharding = NamedSharding(mesh, P("data", "latent"))
+        for xx in xs + [ninf]:
+            for kk in (1, 5, 9, F):
+                got = jax.jit(lambda s: row_topk_mask(s, kk, mesh=mesh))(jax.device_put(xx, sharding))
+                assert got.sharding.spec == P("data", "latent"), got.sharding
+                np.testing.assert_array_equal(np.asarray(got), row_ref(xx, kk), err_msg=f"row {shape} kk={kk}")
+                n += 1
     print("SHARDED_OK", n)
 """)
+
+
+def test_row_topk_mask_equals_lax_top_k_rows():
+    """The auxk selection: same positions as lax.top_k per row (ties -> lower column, -inf rows)."""
+    from jaxcoders.selection import row_topk_mask
+
+    rng = np.random.default_rng(3)
+    B, F = 12, 40
+    fn = jax.jit(row_topk_mask, static_argnums=1)
+    for name, x in _inputs(B, F, seed=3).items():
+        x = np.where(rng.random((B, F)) < 0.5, -np.inf, x).astype(np.float32) if name == "tied" else x
+        for kk in (1, 4, 7, F):
+            ref = np.zeros((B, F), bool)
+            np.put_along_axis(ref, np.asarray(jax.lax.top_k(jnp.asarray(x), kk)[1]), True, axis=1)
+            got = np.asarray(fn(jnp.asarray(x), kk))
+            np.testing.assert_array_equal(got, ref, err_msg=f"{name} kk={kk}")
+            assert (got.sum(axis=1) == kk).all()
+    # control: keeping ties at the cut by higher column index is a different set
+    x = np.ones((1, 8), np.float32)
+    assert np.asarray(fn(jnp.asarray(x), 3))[0].tolist() == [True] * 3 + [False] * 5
 
 
 def test_sharded_equals_unsharded_on_8_devices():

@@ -430,3 +430,23 @@ def test_capacity_model_numbers():
     assert not capacity.step_estimate(llama, v5e, 16, 1, 2048)["fits"]
     assert capacity.step_estimate(llama, v5e, 4, 4, 2048)["fits"]
     assert capacity.meshes(16, 4) == [(16, 1, True), (8, 2, True), (4, 4, True), (1, 16, False)]
+
+
+def test_weak_scaling_script_runs_real_multi_process_training(tmp_path):
+    """tpu/weak_scaling.py: P local processes with jax.distributed run experiments/train.py; the
+    rows it reports come from process 0's metrics.jsonl (one per P, global batch = P × per-process)."""
+    out = tmp_path / "ws"
+    r = subprocess.run([sys.executable, str(TPU / "weak_scaling.py"), "--processes=1,2", "--per_process_batch=64",
+                        "--activation_dim=32", "--dict_size=128", "--k=4", "--steps=6", "--log_every=2",
+                        f"--out={out}"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "weak_scaling.jsonl").read_text().splitlines()]
+    assert [row["processes"] for row in rows] == [1, 2] and [row["global_batch"] for row in rows] == [64, 128]
+    for row in rows:
+        assert row["tokens_per_s"] > 0 and len(row["tokens_per_s_intervals"]) == 2  # 3 intervals, compile dropped
+        metrics = (out / f"p{row['processes']}" / "metrics.jsonl").read_text()
+        assert metrics.count('"step": 5') == 1  # only process 0 wrote metrics
+    assert "| processes | global batch | tokens/s" in r.stdout
+    bad = subprocess.run([sys.executable, str(TPU / "weak_scaling.py"), "--processes=0"], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
+    assert bad.returncode == 2 and "positive" in bad.stderr
