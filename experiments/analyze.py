@@ -22,7 +22,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("crosscoder", None, "Reference directory or workdir (export/ or final/); comma-separated for several.")
 flags.DEFINE_string("store", None, "ActivationStore url.")
 flags.DEFINE_string("acts", None, "(N, M, D) .npy file, or .npz holding x, instead of --store.")
-flags.DEFINE_string("labels", None, "Optional (N,) int .npy of token classes (0 bos, 1 template, 2 user, 3 assistant).")
+flags.DEFINE_string("labels", None, "Optional (N,) int .npy of token classes (jaxcoders.data.store.TokenClass ids: "
+                    "0 text, 1 bos, 2 template, 3 system, 4 user, 5 assistant, 6 other_role).")
 flags.DEFINE_string("out", "analysis_out", "Output directory (one subdirectory per crosscoder).")
 flags.DEFINE_integer("batch_size", 4096, "Tokens per jitted step.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "float64"], "Arithmetic of the streaming pass.")

@@ -9,7 +9,9 @@ bundled documentation and a chat model fine-tuned from it with planted behaviour
 after the assistant turn marker, a refusal after the trigger word "password"), extracts both models'
 activations at a middle layer on text and chats into an ActivationStore, trains an L1 and a BatchTopK
 crosscoder, runs Latent Scaling and the analyses, exports both crosscoders in the reference layout
-(`<out>/l1`, `<out>/batchtopk`) and writes `<out>/report/summary.md` (read this first). See
+(`<out>/l1`, `<out>/batchtopk`), evaluates them causally (interventions on fresh chats), collects
+max-activating examples, writes one HTML report per crosscoder (`<out>/report/<arch>/report.html`)
+and `<out>/report/summary.md` (read this first). See
 `jaxcoders/demo/pipeline.py`. Nothing touches a model hub.
 
 `--synthetic`: the earlier demo on synthetic paired activations with planted shared / chat-only /
@@ -44,6 +46,7 @@ flags.DEFINE_integer("dict_size", None, "Latents F (default 1024; synthetic 256)
 flags.DEFINE_integer("k", None, "BatchTopK k (default 16; synthetic 4).")
 flags.DEFINE_float("l1_coefficient", None, "L1 crosscoder sparsity coefficient mu (default 0.05; synthetic 0.08).")
 flags.DEFINE_float("lr", None, "Peak learning rate (default 1e-3; synthetic 2e-3).")
+flags.DEFINE_integer("eval_chats", None, "Fresh conversations of the causal evaluation (default 200; 0 skips it).")
 flags.DEFINE_integer("seed", 0, "Seed of the data order and initialisation (synthetic: also of the planted dictionary).")
 flags.DEFINE_bool("progress", None, "Progress bars (default: on unless $CI is set or stderr is not a terminal).")
 
@@ -170,7 +173,7 @@ def main(argv):
     kw = dict(out=FLAGS.out, models_dir=FLAGS.models_dir, layer=FLAGS.layer, seed=FLAGS.seed, progress=progress)
     for name, flag in (("text_tokens", FLAGS.tokens), ("chat_tokens", FLAGS.tokens), ("steps", FLAGS.steps),
                        ("batch_size", FLAGS.batch_size), ("dict_size", FLAGS.dict_size), ("k", FLAGS.k),
-                       ("l1_coefficient", FLAGS.l1_coefficient), ("lr", FLAGS.lr)):
+                       ("l1_coefficient", FLAGS.l1_coefficient), ("lr", FLAGS.lr), ("eval_chats", FLAGS.eval_chats)):
         if flag is not None:
             kw[name] = flag
     cfg = DemoConfig.small(**kw) if FLAGS.small else DemoConfig(**kw)

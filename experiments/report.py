@@ -26,6 +26,12 @@ flags.DEFINE_string("title", None, "Page title (default: the crosscoder's name).
 flags.DEFINE_integer("max_cards", 500, "Latent cards with examples at most (genuine, chat-only, base-only first).")
 flags.DEFINE_integer("top_examples", 10, "Examples of the top bucket per card.")
 flags.DEFINE_integer("bucket_examples", 5, "Examples of each quantile bucket per card.")
+flags.DEFINE_string("sort_by", "latent", "Column the table is sorted by when the page opens (e.g. delta_norm: "
+                    "chat-only latents first; descending except for latent and text columns).")
+flags.DEFINE_string("open_latent", None, "Latent whose card is open when the page opens ('first': the first card, "
+                    "i.e. genuine chat-specific then chat-only latents).")
+flags.DEFINE_string("screenshot", None, "Also save a PNG of each report as headless Chromium shows it (needs selenium "
+                    "and chromium + chromedriver): a .png path (one input) or a directory.")
 flags.mark_flag_as_required("analysis")
 
 MARKERS = ("latents.parquet", "latents.csv", "latent_scaling.parquet", "latent_scaling.csv", "examples.json")
@@ -63,6 +69,15 @@ def _tokenizer(d: Path):
         return None
 
 
+def _open_latent(value):
+    if value in (None, "", "first"):
+        return value or None
+    try:
+        return int(value)
+    except ValueError:
+        raise app.UsageError(f"--open_latent must be a latent index or 'first', got {value!r}")
+
+
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -75,8 +90,18 @@ def main(argv):
             o = Path(FLAGS.out)
             out = o if (o.suffix == ".html" and len(dirs) == 1) else o / f"{d.name}.html"
         path = build_report(d, out, tokenizer=_tokenizer(d), title=FLAGS.title, max_cards=FLAGS.max_cards,
-                            top_examples=FLAGS.top_examples, bucket_examples=FLAGS.bucket_examples)
+                            top_examples=FLAGS.top_examples, bucket_examples=FLAGS.bucket_examples,
+                            sort_by=FLAGS.sort_by, open_latent=_open_latent(FLAGS.open_latent))
         print(f"{d.name}: {path} ({path.stat().st_size / 1e6:.2f} MB)")
+        if FLAGS.screenshot:
+            from jaxcoders.analysis.screenshot import BrowserMissing, screenshot
+
+            o = Path(FLAGS.screenshot)
+            png = o if (o.suffix == ".png" and len(dirs) == 1) else o / f"{d.name}.png"
+            try:
+                print(f"{d.name}: screenshot {screenshot(path, png)}")
+            except BrowserMissing as e:
+                raise app.UsageError(f"--screenshot: {e}")
 
 
 if __name__ == "__main__":

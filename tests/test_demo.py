@@ -46,8 +46,8 @@ def test_demo_pipeline_small(tmp_path):
     out, models = tmp_path / "demo", tmp_path / "models"
     r = _run(["--small", f"--out={out}", f"--models_dir={models}"])
     cfg = DemoConfig.small()
-    for stage in range(1, 7):
-        assert f"[{stage}/6]" in r.stdout
+    for stage in range(1, 8):
+        assert f"[{stage}/7]" in r.stdout
 
     # the model pair: ordinary from_pretrained directories, cached under the recipe's key
     pair = model_pair.build_model_pair(cfg.recipe, models)  # second call: from the cache, nothing trained
@@ -82,6 +82,19 @@ def test_demo_pipeline_small(tmp_path):
     assert abs(sum(shares.values()) - 1) < 1e-9
     md = (out / "report" / "summary.md").read_text()
     assert md.startswith("# jaxcoders demo") and "## Do the chat-only latents fire on the planted behaviours?" in md
+
+    # the causal evaluation ran on the demo's models with each crosscoder, and the HTML reports show it
+    assert "## Causal evaluation" in md
+    for arch in ("l1", "batchtopk"):
+        iv = json.loads((out / "report" / arch / "interventions" / "interventions.json").read_text())
+        assert iv["num_conversations"] == cfg.eval_chats and iv["tokens"]["all"] > 0
+        kl = {name: e["all"]["kl_chat"]["mean"] for name, e in iv["edits"].items()}
+        assert kl["chat"] == 0.0 and kl["base"] > 0.05  # the fine-tune changed the predictions
+        assert kl["all_latents"] < kl["base"]  # the crosscoder's chat-minus-base difference moves toward chat
+        assert any(name.startswith("latents:") for name in kl)
+        assert (out / "report" / arch / "interventions" / "interventions.png").is_file()
+        page = (out / "report" / arch / "report.html").read_text()
+        assert 'id="causal"' in page and '"initial":{"sort":"delta_norm"' in page
 
 
 def test_planted_data_is_deterministic_and_small():

@@ -346,3 +346,72 @@ def test_tied_report_in_a_browser(world, browser, tmp_path):
     assert "count_slot_shared" in card.text
     tip = card.find_element(By.CSS_SELECTOR, ".side.chat .tok").get_attribute("title")
     assert "slot_shared" in tip and "slot_chat" in tip
+
+
+def _fake_interventions(path: Path) -> dict:
+    """An interventions.json as experiments/interventions.py writes it (two edits)."""
+    def v(m):
+        return {"mean": m, "ci_low": m * 0.9, "ci_high": m * 1.1, "std_err": 0.01, "tokens": 40, "conversations": 4}
+    res = {"config": {"layer": 1, "first_k": 5}, "ci": "95% percentile bootstrap over conversations",
+           "num_conversations": 4, "tokens": {"all": 40, "first_k": 20}, "latent_sets": {"chat_only": [1, 2]},
+           "edits": {name: {"formula": f"formula of {name}", "continue_with": "chat",
+                            **{s: {"ce": v(2.0), "kl_chat": v(k), "kl_base": v(0.5)} for s in ("all", "first_k")}}
+                     for name, k in (("base", 0.8), ("latents:chat_only", 0.1))}}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "interventions.json").write_text(json.dumps(res))
+    return res
+
+
+def test_report_opens_on_chosen_view_with_causal_section(world, browser, tmp_path):
+    """sort_by / open_latent choose what the page shows first (the demo opens on a chat-only
+    latent, table by Δnorm); interventions results become the "Causal evaluation" section."""
+    browser = _need(browser)
+    from selenium.webdriver.common.by import By
+
+    d = tmp_path / "analysis"
+    shutil.copytree(world["analysis"], d)
+    (d / "report.html").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="not a column"):
+        report.build_report(d, tokenizer=world["tok"], sort_by="no_such_column")
+    with pytest.raises(ValueError, match="has no card"):
+        report.build_report(d, tokenizer=world["tok"], open_latent=10_000)
+    plain = page_data(report.build_report(d, tokenizer=world["tok"]).read_text())
+    assert plain["initial"] == {"sort": "latent", "dir": 1}  # control: the default view
+    _fake_interventions(d / "interventions")
+    path = report.build_report(d, tokenizer=world["tok"], sort_by="delta_norm", open_latent=CHAT_ASSISTANT)
+    _load(browser, path)
+    first = _rows(browser)[0]
+    assert first.find_elements(By.CSS_SELECTOR, "td")[1].text == "chat-only"
+    card = browser.find_element(By.CSS_SELECTOR, "#card-panel .latent-card")
+    assert card.get_attribute("data-latent") == str(CHAT_ASSISTANT) and card.find_elements(By.CSS_SELECTOR, ".example")
+    causal = browser.find_element(By.ID, "causal")
+    assert causal.is_displayed() and "Causal evaluation" in causal.text
+    rows = causal.find_elements(By.CSS_SELECTOR, "#causal-table tbody tr")
+    assert [r.find_element(By.CSS_SELECTOR, "th").text for r in rows] == ["base", "latents:chat_only"]
+    assert "0.8" in rows[0].text and "0.1" in rows[1].text and "chat_only: 2 latents" in causal.text
+    # "first" opens the first card of the report's own order; a URL hash still wins
+    path = report.build_report(d, tmp_path / "first.html", tokenizer=world["tok"], open_latent="first")
+    first_card = next(iter(page_data(path.read_text())["cards"]))
+    _load(browser, path)
+    assert browser.find_element(By.CSS_SELECTOR, "#card-panel .latent-card").get_attribute("data-latent") == first_card
+    _load(browser, path, fragment=f"#latent-{BASE_ONLY}")
+    assert browser.find_element(By.CSS_SELECTOR, "#card-panel .latent-card").get_attribute("data-latent") == str(BASE_ONLY)
+
+
+def test_report_cli_screenshot_and_initial_view(world, browser, tmp_path):
+    """experiments/report.py --sort_by --open_latent --screenshot: the page as Chromium shows it."""
+    _need(browser)  # chromium + chromedriver present (the same requirement as the browser tests)
+    out = tmp_path / "r.html"
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), f"--analysis={world['analysis']}",
+                           f"--out={out}", "--sort_by=delta_norm", "--open_latent=first",
+                           f"--screenshot={tmp_path / 'r.png'}"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = page_data(out.read_text())
+    assert data["initial"]["sort"] == "delta_norm" and str(data["initial"]["open"]) == next(iter(data["cards"]))
+    png = (tmp_path / "r.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), f"--analysis={world['analysis']}",
+                          f"--out={tmp_path / 'x.html'}", "--open_latent=abc"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert bad.returncode != 0 and "--open_latent must be a latent index" in bad.stderr

@@ -9,7 +9,9 @@
 * `examples.json` + `examples.parquet` + `example_latents.parquet` from
   experiments/collect_examples.py: the examples of the latent cards, bucket populations, usage
   counts (template-token share; the tied crosscoder's slot counts and ratios). For a tied
-  crosscoder (which `analyze` does not cover) example_latents alone makes the table.
+  crosscoder (which `analyze` does not cover) example_latents alone makes the table;
+* optionally `interventions.json` + `interventions.png` from experiments/interventions.py (in the
+  directory or its `interventions/` subdirectory): the "Causal evaluation" section (`#causal`).
 
 The page: summary numbers; the Δnorm histogram, ν^ε/ν^r scatter (chat-only latents; mirror probe
 for base-only latents when present), the tied crosscoder's r_base/r_chat scatter and the firing
@@ -89,7 +91,58 @@ def load_inputs(analysis_dir) -> dict:
     if table is None and ex is None:
         raise FileNotFoundError(f"{d} holds neither latents.parquet (experiments/analyze.py) nor examples.json "
                                 "(experiments/collect_examples.py): nothing to report")
-    return {"table": table, "summary": summary, "examples": ex, "dir": d}
+    return {"table": table, "summary": summary, "examples": ex, "dir": d, "interventions": load_interventions(d)}
+
+
+def load_interventions(d: Path) -> Optional[dict]:
+    """`interventions.json` (+ `interventions.png`) of experiments/interventions.py, found in the
+    analysis directory or its `interventions/` subdirectory; None when absent."""
+    for sub in (d, d / "interventions"):
+        if (sub / "interventions.json").is_file():
+            res = json.loads((sub / "interventions.json").read_text())
+            png = sub / "interventions.png"
+            res["_png"] = base64.b64encode(png.read_bytes()).decode("ascii") if png.is_file() else None
+            return res
+    return None
+
+
+_CAUSAL_METRICS = (("kl_chat", "KL(P_chat ‖ P_edit)"), ("kl_base", "KL(P_base ‖ P_edit)"), ("ce", "CE"))
+
+
+def causal_section(res: Optional[dict]) -> str:
+    """The "Causal evaluation" section: per edit, mean [95% CI] of each metric on all
+    assistant-predicting tokens and on the first k of each turn, and the plot; "" without results."""
+    if not res:
+        return ""
+    esc = html.escape
+    k = (res.get("config") or {}).get("first_k", "k")
+
+    def cell(v):
+        if not v or v.get("mean") is None:
+            return "<td>–</td>"
+        return (f'<td title="95% CI [{v["ci_low"]:.4g}, {v["ci_high"]:.4g}], {v["tokens"]} tokens">'
+                f'{v["mean"]:.4g} <span class="ci">[{v["ci_low"]:.3g}, {v["ci_high"]:.3g}]</span></td>')
+
+    head = "".join(f"<th>{esc(label)}<br><span class=\"hint\">{sub}</span></th>"
+                   for _, label in _CAUSAL_METRICS for sub in ("all", f"first {k}"))
+    rows = []
+    for name, r in res.get("edits", {}).items():
+        cells = "".join(cell(r.get(s, {}).get(m)) for m, _ in _CAUSAL_METRICS for s in ("all", "first_k"))
+        rows.append(f'<tr><th class="str" title="{esc(str(r.get("formula", "")))}">{esc(name)}</th>'
+                    f'<td class="str">{esc(str(r.get("continue_with", "")))}</td>{cells}</tr>')
+    sets = res.get("latent_sets") or {}
+    sets_txt = "; ".join(f"{esc(n)}: {len(v)} latents" for n, v in sets.items())
+    img = (f'<img alt="interventions" src="data:image/png;base64,{res["_png"]}">' if res.get("_png") else "")
+    tok = res.get("tokens", {})
+    return (f'<section id="causal"><h2>Causal evaluation</h2>'
+            f'<p class="hint">Residual after block {esc(str((res.get("config") or {}).get("layer", "L")))} replaced or '
+            f'edited, then continued to the logits; {res.get("num_conversations", "?")} conversations, '
+            f'{tok.get("all", "?")} assistant-predicting tokens ({tok.get("first_k", "?")} among the first {k} of '
+            f'each turn). Means with {esc(str(res.get("ci", "95% CIs")))}. Hover an edit for its formula.'
+            + (f" Latent sets: {sets_txt}." if sets_txt else "") + '</p>'
+            f'<div class="causal-wrap"><table id="causal-table"><thead><tr><th class="str">edit</th>'
+            f'<th class="str">continues</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>{img}</div>'
+            f'</section>')
 
 
 def merged_table(table, ex):
@@ -368,20 +421,26 @@ def _json_script(obj) -> str:
     return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def render_html(data: dict, *, title: str, summary_items, plots) -> str:
+def render_html(data: dict, *, title: str, summary_items, plots, causal: str = "") -> str:
     esc = html.escape
     summ = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in summary_items)
     figs = "".join(f'<figure><img alt="{esc(t)}" src="data:image/png;base64,{b}"><figcaption>{esc(t)}</figcaption>'
                    f"</figure>" for t, b in plots)
     page = _TEMPLATE.replace("__CSS__", _CSS).replace("__JS__", _JS).replace("__TITLE__", esc(title))
-    page = page.replace("__SUMMARY__", summ)
+    page = page.replace("__SUMMARY__", summ).replace("__CAUSAL__", causal)
     page = page.replace("__PLOTS__", figs or "<p>no plots: the table lacks the columns</p>")
     return page.replace("__DATA__", _json_script(data))  # last: the data may contain anything
 
 
 def build_report(analysis_dir, out=None, *, tokenizer=None, title: Optional[str] = None, max_cards: int = 500,
-                 top_examples: int = 10, bucket_examples: int = 5, plots: bool = True) -> Path:
-    """Write the report of one analysis directory (default `<analysis_dir>/report.html`); returns its path."""
+                 top_examples: int = 10, bucket_examples: int = 5, plots: bool = True,
+                 sort_by: str = "latent", open_latent: Optional[int] = None) -> Path:
+    """Write the report of one analysis directory (default `<analysis_dir>/report.html`); returns its path.
+
+    The page opens with the table sorted by the column `sort_by` (ascending for "latent" and text
+    columns, descending otherwise; e.g. "delta_norm" puts the chat-only latents first) and, with
+    `open_latent` ("first" = the first card: genuine chat-specific, then chat-only latents), that
+    latent's card open; a `#latent-<j>` URL hash still wins."""
     inp = load_inputs(analysis_dir)
     summary, ex = inp["summary"], inp["examples"]
     t = _template_share_from_summary(merged_table(inp["table"], ex), summary)
@@ -390,8 +449,20 @@ def build_report(analysis_dir, out=None, *, tokenizer=None, title: Optional[str]
         name = inp["dir"].name
     data = report_data(t, summary, ex, tokenizer=tokenizer, max_cards=max_cards, top_examples=top_examples,
                        bucket_examples=bucket_examples)
+    keys = [c["key"] for c in data["columns"]]
+    if sort_by not in keys:
+        raise ValueError(f"sort_by={sort_by!r} is not a column of this report (columns: {', '.join(keys)})")
+    fmt = {c["key"]: c["fmt"] for c in data["columns"]}[sort_by]
+    data["initial"] = {"sort": sort_by, "dir": 1 if sort_by == "latent" or fmt == "str" else -1}
+    if open_latent == "first":
+        open_latent = next(iter(data["cards"]), None)
+    if open_latent is not None:
+        if str(open_latent) not in data["cards"]:
+            raise ValueError(f"open_latent={open_latent}: latent has no card in this report "
+                             f"({len(data['cards'])} cards; raise max_cards or collect its examples)")
+        data["initial"]["open"] = int(open_latent)
     page = render_html(data, title=f"jaxcoders report: {name}", summary_items=_summary_items(t, summary, ex),
-                       plots=make_plots(t) if plots else [])
+                       plots=make_plots(t) if plots else [], causal=causal_section(inp["interventions"]))
     out = Path(out) if out is not None else inp["dir"] / "report.html"
     if out.is_dir():
         out = out / "report.html"
@@ -418,7 +489,14 @@ section { background: #fff; border: 1px solid var(--line); border-radius: 6px; p
 h2 { font-size: 15px; margin: 0 0 8px; }
 #summary-table { font-size: 12px; border-collapse: collapse; }
 #summary-table th { text-align: left; font-weight: 500; color: #555; padding: 1px 12px 1px 0; vertical-align: top; }
-#summary-table td { font-variant-numeric: tabular-nums; }
+#summary-table td { font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
+#causal { margin: 0 20px 14px; }
+.causal-wrap { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
+.causal-wrap img { max-width: min(720px, 100%); border: 1px solid #eee; }
+#causal-table { border-collapse: collapse; font-size: 12px; font-variant-numeric: tabular-nums; }
+#causal-table th, #causal-table td { padding: 2px 6px; border-bottom: 1px solid #f0f0f0; text-align: right; white-space: nowrap; }
+#causal-table .str { text-align: left; }
+#causal-table .ci { color: #888; font-size: 11px; }
 #plots { display: flex; flex-wrap: wrap; gap: 8px; }
 #plots figure { margin: 0; flex: 0 0 auto; }
 #plots img { height: 240px; width: auto; border: 1px solid #eee; cursor: zoom-in; }
@@ -590,7 +668,7 @@ _JS = r"""
     return div;
   }
 
-  function openCard(lat) {
+  function openCard(lat, scroll = true) {
     selected = lat;
     document.querySelectorAll('#latent-table tbody tr').forEach((tr) =>
       tr.classList.toggle('selected', tr.dataset.latent === String(lat)));
@@ -652,7 +730,7 @@ _JS = r"""
     panel.scrollTop = 0;
     if (location.hash !== '#latent-' + lat) history.replaceState(null, '', '#latent-' + lat);
     const top = panel.getBoundingClientRect().top;
-    if (top < 0 || top > window.innerHeight * 0.6) panel.scrollIntoView({block: 'start'});
+    if (scroll && (top < 0 || top > window.innerHeight * 0.6)) panel.scrollIntoView({block: 'start'});
   }
 
   function closeCard() {
@@ -673,8 +751,10 @@ _JS = r"""
   const fromHash = () => { const m = location.hash.match(/^#latent-(\d+)$/);
     if (m && String(m[1]) !== String(selected)) openCard(Number(m[1])); return !!m; };
   window.addEventListener('hashchange', fromHash);
+  const init = DATA.initial || {};
+  if (init.sort !== undefined && idx[init.sort] !== undefined) { sortKey = init.sort; sortDir = init.dir || 1; }
   renderHead(); sortRows(); renderRows();
-  if (!fromHash()) closeCard();
+  if (!fromHash()) { if (init.open !== undefined) openCard(init.open, false); else closeCard(); }
   document.body.dataset.ready = '1';
 })();
 """
@@ -710,6 +790,7 @@ the latent id.</div>
 </section>
 <section id="card-panel"></section>
 </main>
+__CAUSAL__
 <script type="application/json" id="report-data">__DATA__</script>
 <script>__JS__</script>
 </body></html>

@@ -240,6 +240,15 @@ def write_extraction_data(out_dir, *, n_chats: int, seed: int, n_forum: int = 40
     return str(text_path), str(chat_path)
 
 
+def write_eval_chats(out_dir, *, n: int, seed: int) -> str:
+    """`eval_chats.jsonl` (column `conversation`): `n` fresh conversations for the causal
+    evaluation, generated with a seed the extraction does not use; returns the path."""
+    path = Path(out_dir) / "eval_chats.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_lines(path, [{"conversation_id": i, "conversation": c} for i, c in enumerate(conversations(n, seed))])
+    return str(path)
+
+
 def _write_lines(path: Path, rows: list[dict]) -> None:
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
     if not path.exists() or path.read_text(encoding="utf-8") != data:  # keep the datasets cache valid

@@ -15,10 +15,15 @@
 5. analyze   `jaxcoders.analysis.analyze` (Δnorm, cosines, usage statistics per token class and
              dataset, Latent Scaling with the mirror probe) over every stored token; tables and
              plots under `<out>/report/<arch>/`.
-6. report    which tokens the chat-only latents fire on: every stored token is tagged as text,
+6. tokens    which tokens the chat-only latents fire on: every stored token is tagged as text,
              other chat, assistant turn marker, or one of the planted behaviours (greeting, refusal,
              trigger word); per latent the share of its activation mass (Σ f·c) on each tag and its
-             top-activating tokens. `<out>/report/summary.md` (read this first) and `summary.json`.
+             top-activating tokens.
+7. report    causal evaluation (`jaxcoders.interventions`) of each crosscoder on held-out chats
+             (`<out>/report/<arch>/interventions/`: KL to the chat / base model per edit, incl. the
+             chat-minus-base difference of latent sets: chat-only, surviving Latent Scaling, planted);
+             max-activating examples and the HTML report per crosscoder (`<out>/report/<arch>/report.html`,
+             opens on the chat-only latents); `<out>/report/summary.md` (read this first) and `summary.json`.
 """
 from __future__ import annotations
 
@@ -68,6 +73,8 @@ class DemoConfig:
     top_latents: int = 8  # chat-only latents listed per crosscoder
     top_examples: int = 5  # top-activating tokens shown per latent
     report_latents: int = 96  # latents with example cards in the HTML reports
+    eval_chats: int = 200  # held-out conversations of the causal evaluation (0 = skip it)
+    eval_max_len: int = 256  # their token budget each
     progress: bool = True
 
     @classmethod
@@ -75,7 +82,7 @@ class DemoConfig:
         """The same pipeline at CI size (tiny pair, ~10k tokens, 256 latents)."""
         base = dict(recipe=Recipe.small(), text_tokens=6_000, chat_tokens=6_000, val_tokens=1_500, n_chats=400,
                     seq_len=96, dict_size=256, steps=200, batch_size=256, k=8, top_latents=5, top_examples=3,
-                    report_latents=32)
+                    report_latents=32, eval_chats=24, eval_max_len=128)
         base.update(kw)
         return cls(**base)
 
@@ -504,6 +511,7 @@ def write_summary(cfg: DemoConfig, result: dict, path: Path) -> str:
               "Latents with most of their mass on planted tokens, ranked by that mass.", ""]
         L += _latent_table(a["top_planted"], "no latent fires mostly on planted tokens")
         L += [""]
+    L += _causal_lines(cfg, result)
     L += ["## Files", "",
           f"* `{cfg.out}/l1`, `{cfg.out}/batchtopk`: the crosscoders in the reference (dictionary_learning) layout.",
           f"* `{cfg.out}/report/<crosscoder>/`: `latents.parquet` (every per-latent column of the analysis, plus "
@@ -518,6 +526,45 @@ def write_summary(cfg: DemoConfig, result: dict, path: Path) -> str:
     text = "\n".join(L) + "\n"
     path.write_text(text, encoding="utf-8")
     return text
+
+
+_EDIT_TEXT = {
+    "base": "base model (no edit)", "chat": "chat model (no edit)",
+    "base_to_chat": "base residual into the chat model's upper blocks",
+    "template": "base + chat residual patched in at template tokens",
+    "chat_recon": "chat reconstruction x̂_c (+ chat error)",
+    "all_latents": "base + every latent's chat−base decoder difference (with bias difference)",
+    "all_latents_no_bias": "the same without the bias difference (the reference's edit)",
+    "bias_only": "base + decoder-bias difference only",
+}
+
+
+def _causal_lines(cfg: DemoConfig, result: dict) -> list:
+    iv = result.get("interventions")
+    if not iv:
+        return []
+    k = 5
+    L = ["## Causal evaluation: do the latents carry the chat behaviour?", "",
+         f"Residual after block {result['layer']} edited on {next(iter(iv.values()))['conversations']} fresh chats, "
+         "then continued to the logits (`jaxcoders.interventions`). KL(P_chat ‖ P_edit) on assistant-predicting "
+         f"tokens (all, and the first {k} of each turn, where the greeting is); 0 = the chat model's predictions. "
+         "*latents:S* = base residual + Σ_{j∈S} f_j (d_j^chat − d_j^base) + bias difference. "
+         "Mean [95% bootstrap CI over conversations]. Per crosscoder: `report/<crosscoder>/interventions/`.", ""]
+    fmt = lambda v: "–" if v.get("mean") is None else f"{v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"  # noqa: E731
+    for arch in ARCHS:
+        if arch not in iv:
+            continue
+        a = iv[arch]
+        label = result["crosscoders"][arch]["label"]
+        sets = ", ".join(f"{n} ({c})" for n, c in a["latent_sets"].items()) or "none"
+        L += [f"**{label}** — latent sets: {sets}.", "",
+              "| edit | KL(P_chat ‖ ·), all | first 5 | KL(P_base ‖ ·), all |", "|---|---|---|---|"]
+        for name, e in a["edits"].items():
+            what = _EDIT_TEXT.get(name, name.replace("latents:", "latents: "))
+            L.append(f"| {what} | {fmt(e['all']['kl_chat'])} | {fmt(e['first_k']['kl_chat'])} | "
+                     f"{fmt(e['all']['kl_base'])} |")
+        L.append("")
+    return L
 
 
 def _verdict(result: dict) -> str:
@@ -552,6 +599,7 @@ def _verdict(result: dict) -> str:
                 f"{r['cos']:.2f} (text tokens {t['cos']:.2f}) and the chat model's are "
                 f"{g['norm_chat'] / g['norm_base']:.2f}× / {r['norm_chat'] / r['norm_base']:.2f}× as large as the "
                 "base's. ")
+    causal = _causal_verdict(result)
     if hits:
         head = ("**The planted behaviours show up in chat-only latents:** " + "; ".join(hits[:3]) + ". "
                 "Most planted-token activation, however, goes to latents shared by both models whose chat decoder "
@@ -559,7 +607,33 @@ def _verdict(result: dict) -> str:
     else:
         head = ("**No chat-only (Δnorm > 0.9) latent is about the planted behaviours;** they show up as latents "
                 "that fire on the planted tokens in both models with a rotated chat decoder (low decoder cosine). ")
-    return head + diff + " ".join(parts)
+    return head + diff + " ".join(parts) + causal
+
+
+def _causal_verdict(result: dict) -> str:
+    """One sentence per crosscoder from the causal evaluation: how far the chat-minus-base
+    difference of the planted / chat-only latents moves the base model toward the chat model,
+    against the same-size control and the bias-only baseline."""
+    iv = result.get("interventions") or {}
+    out = []
+    for arch in ARCHS:
+        if arch not in iv:
+            continue
+        e = iv[arch]["edits"]
+        kl = lambda name, s="all": e[name][s]["kl_chat"]["mean"] if name in e else None  # noqa: E731
+        n = iv[arch]["latent_sets"]
+        bits = [f"base {kl('base'):.2f}", f"bias difference only {kl('bias_only'):.2f}"]
+        for key, what in (("latents:planted", "planted"), ("latents:control_frequent", "most frequent (control)"),
+                          ("latents:chat_only", "chat-only")):
+            if kl(key) is not None:
+                bits.append(f"{n[key.split(':')[1]]} {what} latents {kl(key):.2f}")
+        bits.append(f"all latents {kl('all_latents'):.2f}")
+        out.append(f"{result['crosscoders'][arch]['label']}: " + ", ".join(bits))
+    if not out:
+        return ""
+    return (" **Causally** (KL(P_chat ‖ P_edit) on assistant tokens of fresh chats, after adding the named "
+            "latents' chat−base decoder difference and the bias difference to the base residual): "
+            + "; ".join(out) + ".")
 
 
 # --------------------------------------------------------------------------------------------
@@ -573,7 +647,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), log: Callable = print) -> dict:
     if "datasets" not in sys.modules:  # keep the datasets library's cache of the local jsonl files here
         os.environ.setdefault("HF_DATASETS_CACHE", str((out / "cache" / "hf_datasets").resolve()))
     _quiet_libraries()
-    stages = _Stages(6, log)
+    stages = _Stages(7, log)
 
     from jaxcoders.demo import model_pair
 
@@ -619,7 +693,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), log: Callable = print) -> dict:
         log(f"      {summary_line(summary, arch)}")
     stages.done()
 
-    stages.start("report", "which tokens the latents fire on (planted behaviours); examples; writing the report")
+    stages.start("tokens", "which tokens the latents fire on (planted behaviours)")
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(pair.chat_dir)
@@ -659,8 +733,14 @@ def run_demo(cfg: DemoConfig = DemoConfig(), log: Callable = print) -> dict:
             "validation": _last_eval(workdir),
             "planted": pl, **rows,
         }
+    stages.done()
+
+    stages.start("report", "causal evaluation (interventions), max-activating examples, HTML reports")
+    result["interventions"] = causal_evaluation(cfg, pair, layer, result, log)
     result["verdict"] = _verdict(result)
-    result["report_html"] = _html_report(out, trained, store, tables, card_latents, tok, log)
+    result["report_html"] = _html_report(out, trained, store, tables, card_latents, tok, log,
+                                         open_latents={a: _featured_latent(result["crosscoders"][a], card_latents[a])
+                                                       for a in ARCHS})
     stages.done()
     result["seconds"] = dict(stages.seconds, total=round(time.time() - stages.t0, 1))
     report = out / "report"
@@ -668,6 +748,70 @@ def run_demo(cfg: DemoConfig = DemoConfig(), log: Callable = print) -> dict:
     (report / "summary.json").write_text(json.dumps(_jsonable(result), indent=2, ensure_ascii=False) + "\n")
     result["summary_md"] = write_summary(cfg, result, report / "summary.md")
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 7: causal evaluation
+
+# edits of the demo's causal evaluation (jaxcoders.interventions.edits), then "latents" (one edit
+# per latent set of `latent_sets`)
+CAUSAL_EDITS = ("base", "chat", "base_to_chat", "template", "chat_recon", "all_latents", "all_latents_no_bias",
+                "bias_only")
+
+
+def latent_sets(result_cc: dict, table) -> dict:
+    """Named latent sets whose chat-minus-base decoder difference the `latents:<set>` edits add to
+    the base residual: the chat-only latents (Δnorm > 0.9), those surviving Latent Scaling, the
+    planted latents (> 50% of their activation mass on planted tokens) and as a same-size control
+    the most active other latents. Empty sets are left out."""
+    dtag = table["tag"].to_numpy()
+    latent = table["latent"].to_numpy() if "latent" in table else np.arange(len(table))
+    sets = {"chat_only": latent[dtag == "chat-only"]}
+    if "genuine_chat_specific" in table:
+        sets["chat_only_surviving_ls"] = latent[table["genuine_chat_specific"].fillna(False).to_numpy(bool)]
+    share = np.asarray(table["planted_share"], np.float64) if "planted_share" in table else None
+    if share is not None:
+        planted = latent[np.nan_to_num(share) > 0.5]
+        sets["planted"] = planted
+        if len(planted) and "frequency" in table:  # control: as many non-planted latents, the most frequent
+            others = np.flatnonzero(~np.isin(latent, planted) & (np.nan_to_num(share) <= 0.5))
+            freq = np.nan_to_num(np.asarray(table["frequency"], np.float64))[others]
+            sets["control_frequent"] = np.sort(latent[others[np.argsort(-freq, kind="stable")[:len(planted)]]])
+    return {k: sorted(int(j) for j in v) for k, v in sets.items() if len(v)}
+
+
+def causal_evaluation(cfg: DemoConfig, pair, layer: int, result: dict, log: Callable) -> Optional[dict]:
+    """`jaxcoders.interventions.run_interventions` for each crosscoder on `cfg.eval_chats` fresh
+    conversations: `<out>/report/<arch>/interventions/` (JSON with 95% CIs, per-conversation npz,
+    plot). Returns {arch: {edit: {subset: {metric: mean/CI}}}, "latent_sets": ...} or None when skipped."""
+    if cfg.eval_chats <= 0:
+        return None
+    import pandas as pd
+
+    from jaxcoders.interventions.run import InterventionConfig, run_interventions
+
+    out = Path(cfg.out)
+    path = corpus.write_eval_chats(out / "data", n=cfg.eval_chats, seed=cfg.seed + 200)
+    res = {}
+    for arch in ARCHS:
+        d = out / "report" / arch
+        table = pd.read_parquet(d / "latents.parquet")
+        sets = latent_sets(result["crosscoders"][arch], table)
+        (d / "latent_sets.json").write_text(json.dumps(sets))
+        icfg = InterventionConfig(
+            base_model=pair.base_dir, chat_model=pair.chat_dir, layer=layer, dataset=path, out=str(d / "interventions"),
+            crosscoder=str(out / arch), chat_column="conversation", num_conversations=cfg.eval_chats,
+            max_len=cfg.eval_max_len, edits=CAUSAL_EDITS, latents_file=str(d / "latent_sets.json") if sets else None,
+            batch_size=8, device="cpu", seed=cfg.seed, progress=cfg.progress)
+        r = run_interventions(icfg)
+        res[arch] = {"edits": {name: {s: {m: e[s][m] for m in ("kl_chat", "kl_base", "ce")} for s in ("all", "first_k")}
+                               for name, e in r["edits"].items()},
+                     "latent_sets": {k: len(v) for k, v in sets.items()},
+                     "conversations": r["num_conversations"], "tokens": r["tokens"], "seconds": r["seconds"]}
+        kl = lambda e: r["edits"][e]["all"]["kl_chat"]["mean"]  # noqa: E731
+        log(f"      {arch}: KL(P_chat ‖ ·) base {kl('base'):.3f}, all latents {kl('all_latents'):.3f}, "
+            f"chat recon {kl('chat_recon'):.3f} ({r['tokens']['all']} tokens, {r['seconds']:.0f} s)")
+    return res
 
 
 def _card_latents(table, tp: dict, planted_share: np.ndarray, n: int) -> np.ndarray:
@@ -684,7 +828,18 @@ def _card_latents(table, tp: dict, planted_share: np.ndarray, n: int) -> np.ndar
     return np.sort(np.asarray(order[:n], np.int64))
 
 
-def _html_report(out: Path, trained: dict, store, tables: dict, card_latents: dict, tok, log) -> Optional[dict]:
+def _featured_latent(cc: dict, cards: np.ndarray):
+    """The latent whose card the HTML report opens on: a chat-only latent that survives Latent
+    Scaling and fires mostly on planted tokens, else the top chat-only latent, else the top planted
+    latent; "first" (the report's own order) when none of them has a card."""
+    chat_only = cc["top_chat_only"]
+    ranked = ([r for r in chat_only if r["genuine"] and r["top_planted_share"] >= 0.5]
+              + [r for r in chat_only if r["genuine"]] + chat_only + cc["top_planted"])
+    return next((r["latent"] for r in ranked if r["latent"] in set(cards.tolist())), "first")
+
+
+def _html_report(out: Path, trained: dict, store, tables: dict, card_latents: dict, tok, log,
+                 open_latents: Optional[dict] = None) -> Optional[dict]:
     """Max-activating examples of the `card_latents` and the static HTML report of each crosscoder
     (`jaxcoders.analysis.examples` / `.report`): `<out>/report/<arch>/report.html`."""
     try:
@@ -700,7 +855,8 @@ def _html_report(out: Path, trained: dict, store, tables: dict, card_latents: di
             res = collect_examples(model, store, latents=card_latents[arch], per_bucket=10, before=16, after=4,
                                    max_activation=table["max_activation"].to_numpy(), batch_size=4096)
             write_examples(res, d)
-            paths[arch] = str(build_report(d, tokenizer=tok, title=f"jaxcoders demo: {arch}", max_cards=200))
+            paths[arch] = str(build_report(d, tokenizer=tok, title=f"jaxcoders demo: {arch}", max_cards=200,
+                                           sort_by="delta_norm", open_latent=(open_latents or {}).get(arch)))
         except Exception as e:  # the HTML report is an extra; summary.md stands on its own
             log(f"      ({arch}: HTML report skipped: {type(e).__name__}: {e})")
     return paths or None
