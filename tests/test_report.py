@@ -195,27 +195,13 @@ def test_batchtopk_report(tmp_path, fixtures_dir):
 
 def _browser(tmp: Path):
     """A headless chromium through chromedriver; FAILS (never skips) with the install line when missing."""
+    from jaxcoders.analysis.screenshot import BrowserMissing, open_browser
+
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.fail("selenium is not installed; .ci/run must run `pip install selenium` (the browser test of the "
-                    "HTML report needs it)")
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver") or next(
-        (p for p in ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver") if os.path.exists(p)), None)
-    if not binary or not driver:
-        pytest.fail(f"chromium ({binary}) or chromedriver ({driver}) is missing; .ci/run must run "
-                    "`apt-get install -y chromium chromium-driver` (Debian) for the browser test of the HTML report")
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download a driver
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
-    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              f"--user-data-dir={tmp / 'chromium-profile'}", "--window-size=1600,1500", "--hide-scrollbars"):
-        opts.add_argument(a)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(options=opts, service=Service(driver))
+        return open_browser(tmp / "chromium-profile", width=1600, height=1500, console_log=True)
+    except BrowserMissing as e:
+        pytest.fail(f"{e} (.ci/run installs selenium and Debian's chromium + chromium-driver for the browser "
+                    "test of the HTML report)")
 
 
 @pytest.fixture(scope="module")

@@ -30,31 +30,41 @@ def find_chromium() -> tuple[str, str]:
     return binary, driver
 
 
+def open_browser(profile_dir, *, width: int = 1600, height: int = 1200, console_log: bool = False):
+    """A headless Chromium WebDriver (the caller quits it) with its profile in `profile_dir`;
+    BrowserMissing when selenium, chromium or chromedriver is not installed. `console_log`
+    keeps the page's console messages for `driver.get_log("browser")`."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError as e:
+        raise BrowserMissing("the selenium package is missing: pip install selenium") from e
+    binary, driver = find_chromium()
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download a driver
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              f"--user-data-dir={profile_dir}", f"--window-size={width},{height}", "--hide-scrollbars"):
+        opts.add_argument(a)
+    if console_log:
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=opts, service=Service(driver))
+
+
 def screenshot(html_path, png_path, *, width: int = 1600, height: int = 1200, fragment: str = "",
                scroll_to: str = "", timeout_s: float = 30.0) -> Path:
     """Open `html_path` from disk (optionally with a `#latent-<j>` fragment), wait until the
     report's script has run (`body[data-ready=1]`), scroll the element matching the CSS selector
     `scroll_to` (e.g. "#causal") to the top if given, and save the viewport as `png_path`."""
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-        from selenium.webdriver.support.ui import WebDriverWait
-    except ImportError as e:
-        raise BrowserMissing("the selenium package is missing: pip install selenium") from e
-    binary, driver = find_chromium()
-    os.environ.setdefault("SE_OFFLINE", "true")
     html_path, png_path = Path(html_path).resolve(), Path(png_path)
     if not html_path.is_file():
         raise FileNotFoundError(f"{html_path} does not exist")
     with tempfile.TemporaryDirectory(prefix="jaxcoders-chromium-") as profile:
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = binary
-        for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  f"--user-data-dir={profile}", f"--window-size={width},{height}", "--hide-scrollbars"):
-            opts.add_argument(a)
-        drv = webdriver.Chrome(options=opts, service=Service(driver))
+        drv = open_browser(profile, width=width, height=height)
         try:
+            from selenium.webdriver.support.ui import WebDriverWait
+
             drv.get(html_path.as_uri() + fragment)
             WebDriverWait(drv, timeout_s).until(
                 lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
