@@ -6,7 +6,8 @@
   `state_dict()` / `load_state_dict()` for its cursor (e.g. `jaxcoders.data.loader.Loader`, or
   `ArrayBatches` below for in-memory arrays).
 * `workdir/`: `config.json` (the resolved run config), `metrics.jsonl` (one JSON object per log /
-  eval step), `checkpoints/` (orbax), `export/` (the final model in the reference layout).
+  eval step), `checkpoints/` (orbax), `export/` (the final model in the reference layout), and with
+  `RunConfig.tensorboard` `tensorboard/` (the same metrics as TensorBoard events).
 * A rerun with the same workdir resumes from the latest checkpoint (same params, same data, no
   duplicate metric rows); a different config in the same workdir is refused. SIGTERM (TPU
   preemption) saves a checkpoint and stops cleanly. Only process 0 writes files other than
@@ -62,6 +63,8 @@ class RunConfig:
     eval_batches: validation batches per evaluation.  keep_checkpoints: orbax max_to_keep.
     mesh_data / mesh_latent: mesh axis sizes (0 = auto).  seed: initialisation seed.
     export: write the final model in the reference layout to `workdir/export`.
+    tensorboard: also write the metrics as TensorBoard events to `workdir/tensorboard`
+    (`jaxcoders.tensorboard`; needs tensorboardX).
     """
 
     steps: int
@@ -76,6 +79,7 @@ class RunConfig:
     seed: int = 0
     export: bool = True
     async_checkpoint: bool = True
+    tensorboard: bool = False
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -264,7 +268,8 @@ def _resolved_config(model_cfg, train_cfg, run_cfg, extra: Optional[dict]) -> di
 # keys that may change between a run and its resumption
 _RESUMABLE_KEYS = {("run", "log_every"), ("run", "eval_every"), ("run", "eval_batches"),
                    ("run", "checkpoint_every"), ("run", "keep_checkpoints"), ("run", "export"),
-                   ("run", "async_checkpoint"), ("run", "mesh_data"), ("run", "mesh_latent")}
+                   ("run", "async_checkpoint"), ("run", "mesh_data"), ("run", "mesh_latent"),
+                   ("run", "tensorboard")}
 
 
 def _is_remote(path) -> bool:
@@ -346,16 +351,16 @@ def _any_process(flag: bool) -> bool:
 
 
 class _closing:
-    """Wait for pending async checkpoint writes and close the manager, also on errors."""
+    """Close `obj` (wait for pending async checkpoint writes, flush event files), also on errors."""
 
-    def __init__(self, ckpt: RunCheckpointer):
-        self.ckpt = ckpt
+    def __init__(self, obj):
+        self.obj = obj
 
     def __enter__(self):
-        return self.ckpt
+        return self.obj
 
     def __exit__(self, *exc):
-        self.ckpt.close()
+        self.obj.close()
 
 
 class _Preemption:
@@ -450,7 +455,13 @@ def train_and_evaluate(
         start = int(meta["step"])
         log.info("resumed from %s at step %d", workdir, start)
     metrics_log = MetricsLog(metrics_path, start, is_writer)
-    write_metrics = metrics_log.write
+    from jaxcoders.tensorboard import TensorBoardLog
+
+    tb = TensorBoardLog(workdir / "tensorboard", start, enabled=is_writer and run_cfg.tensorboard)
+
+    def write_metrics(row: dict) -> None:
+        metrics_log.write(row)
+        tb.write(row)
 
     show = progress if progress is not None else (is_writer and not os.environ.get("CI"))
     bar = None
@@ -462,7 +473,7 @@ def train_and_evaluate(
     pending = []
     step = start
     data_iter = iter(train_source)
-    with _Preemption() as preempt, _closing(ckpt):
+    with _Preemption() as preempt, _closing(ckpt), _closing(tb):
         while step < run_cfg.steps:
             x = _as_global_batch(next(data_iter), mesh, run_cfg.batch_size)
             if step == 0 and model_cfg.is_batchtopk and train_cfg.init_b_dec_geometric_median:

@@ -20,6 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.run = ml_collections.ConfigDict(dict(
         steps=10_000, batch_size=2048, log_every=100, eval_every=1000, eval_batches=8, checkpoint_every=1000,
         keep_checkpoints=3, mesh_data=0, mesh_latent=0, seed=0, export=True, async_checkpoint=True,
+        tensorboard=False,
     ))
     # data: an ActivationStore URL (file path, file://, gs://) with "train" (and optionally
     # "validation") splits; or `acts`: a .npy file of (N, M, D) activations; or "synthetic".
