@@ -50,7 +50,7 @@ def build_configs(c, activation_dim: int, num_models: int):
         k_max=_opt(t.k_max), k_annealing_steps=t.k_annealing_steps, threshold_start_step=t.threshold_start_step,
         threshold_beta=t.threshold_beta, auxk_alpha=t.auxk_alpha, dead_tokens_threshold=t.dead_tokens_threshold,
         top_k_aux=_opt(t.top_k_aux), grad_clip_norm=_opt(t.grad_clip_norm), selection_method=t.selection_method,
-        decoder_mode=t.decoder_mode, seed=c.run.seed,
+        decoder_mode=t.decoder_mode, resample_steps=_opt(t.resample_steps), seed=c.run.seed,
     )
     run_cfg = RunConfig(**{k: c.run[k] for k in c.run.keys()})
     return model_cfg, train_cfg, run_cfg

@@ -162,6 +162,9 @@ class TrainConfig:
       top_k_aux: dead latents used per token by auxk; None = D // 2.
       init_b_dec_geometric_median: BatchTopK sets b_dec to the geometric median of the first batch.
       dead_latent_eps: L1 dead tracking: a latent is dead in a batch if f*c <= eps for every token.
+      resample_steps: L1 only: every this many steps re-initialize latents dead for more than half
+        of it from high-loss tokens and restart the LR warm-up (`jaxcoders.resample`); None = off
+        (the paper's setting).
       selection_method: batch top-k selection method (see `jaxcoders.selection`).
       decoder_mode: BatchTopK train step: "dense" (every matmul dense, the reference's order of
         operations), "sparse" (decode, decoder and encoder gradients and auxk only over the
@@ -194,6 +197,7 @@ class TrainConfig:
     top_k_aux: Optional[int] = None
     init_b_dec_geometric_median: bool = True
     dead_latent_eps: float = 1e-4
+    resample_steps: Optional[int] = None
     selection_method: str = "topk"
     decoder_mode: str = "auto"
     seed: int = 0
@@ -231,6 +235,8 @@ class TrainConfig:
             raise ValueError(f"decoder_mode must be one of {DECODER_MODES}, got {self.decoder_mode!r}")
         if self.eta <= 0:
             raise ValueError(f"eta must be positive, got {self.eta}")
+        if self.resample_steps is not None and self.resample_steps < 1:
+            raise ValueError(f"resample_steps must be a positive integer or None, got {self.resample_steps}")
         if self.dead_tokens_threshold < 1:
             raise ValueError(f"dead_tokens_threshold must be >= 1, got {self.dead_tokens_threshold}")
 

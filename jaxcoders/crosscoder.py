@@ -70,9 +70,16 @@ def _matmul(cfg: CrossCoderConfig, eq: str, a: jax.Array, b: jax.Array) -> jax.A
     return jnp.einsum(eq, a, b, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
 
 
+def safe_sqrt(s: jax.Array) -> jax.Array:
+    """sqrt(s) for s >= 0 whose gradient at s = 0 is 0 instead of inf (so ||0|| has gradient 0,
+    as torch's norm backward defines it, not NaN). Same values as jnp.sqrt."""
+    ok = s > 0
+    return jnp.where(ok, jnp.sqrt(jnp.where(ok, s, 1.0)), 0.0)
+
+
 def decoder_norms(w_dec_MFD: jax.Array) -> jax.Array:
     """n_{m,j} = ||W_dec[m, j, :]||_2, shape (M, F)."""
-    return jnp.sqrt(jnp.sum(jnp.square(w_dec_MFD), axis=-1))
+    return safe_sqrt(jnp.sum(jnp.square(w_dec_MFD), axis=-1))
 
 
 def tie_shared_rows(cfg: CrossCoderConfig, w_dec_MFD: jax.Array) -> jax.Array:
@@ -95,9 +102,9 @@ def code_normalization(cfg: CrossCoderConfig, w_dec_MFD: jax.Array) -> jax.Array
     if kind == CodeNormalization.CROSSCODER:
         return n_MF.sum(0)
     if kind == CodeNormalization.SAE:
-        return jnp.sqrt(jnp.sum(jnp.square(w_dec_MFD), axis=(0, 2)))
+        return safe_sqrt(jnp.sum(jnp.square(w_dec_MFD), axis=(0, 2)))
     if kind == CodeNormalization.MIXED:
-        sae = jnp.sqrt(jnp.sum(jnp.square(w_dec_MFD), axis=(0, 2)))
+        sae = safe_sqrt(jnp.sum(jnp.square(w_dec_MFD), axis=(0, 2)))
         return cfg.code_normalization_alpha_sae * sae + cfg.code_normalization_alpha_cc * n_MF.sum(0)
     if kind == CodeNormalization.NONE:
         return jnp.ones(w_dec_MFD.shape[1], w_dec_MFD.dtype)

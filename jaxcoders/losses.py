@@ -17,6 +17,7 @@ from jaxcoders.crosscoder import (
     code_normalization,
     decode,
     encode_relu,
+    safe_sqrt,
     select_train,
     summed_code_normalization,
 )
@@ -26,10 +27,13 @@ _COUNTER_CAP = 2**30  # tokens-since-fired counters saturate here (int32 safe)
 
 
 def reconstruction_loss(e_BMD: jax.Array, use_mse: bool) -> jax.Array:
-    """mean_{b,m} ||e_{b,m}||_2 (paper), or mean_{b,m} ||e_{b,m}||^2 when `use_mse`."""
+    """mean_{b,m} ||e_{b,m}||_2 (paper), or mean_{b,m} ||e_{b,m}||^2 when `use_mse`.
+
+    A token reconstructed exactly (e = 0, e.g. an all-zero input at initialization) contributes
+    gradient 0, as in torch; a plain sqrt would make every gradient NaN."""
     if use_mse:
         return jnp.mean(jnp.sum(jnp.square(e_BMD), axis=-1))
-    return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(e_BMD), axis=-1)))
+    return jnp.mean(safe_sqrt(jnp.sum(jnp.square(e_BMD), axis=-1)))
 
 
 class L1Aux(NamedTuple):

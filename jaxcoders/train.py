@@ -56,8 +56,9 @@ def lr_schedule(tcfg: TrainConfig, total_steps: Optional[int]) -> Callable[[jax.
     def schedule(count):
         count = jnp.asarray(count, jnp.float32)
         factor = jnp.float32(1.0)
-        if tcfg.warmup_steps > 0:
-            factor = jnp.minimum(count / tcfg.warmup_steps, 1.0)
+        if tcfg.warmup_steps > 0:  # with resampling the warm-up restarts every resample_steps
+            since = jnp.mod(count, tcfg.resample_steps) if tcfg.resample_steps else count
+            factor = jnp.minimum(since / tcfg.warmup_steps, 1.0)
         if tcfg.decay_start is not None:
             decay = (total_steps - count) / (total_steps - tcfg.decay_start)
             factor = jnp.where(count >= tcfg.decay_start, decay, factor)
@@ -172,6 +173,10 @@ def make_train_step(
     k_t: () int32, BatchTopK's k for this step (k-annealing; ignored for L1); `k_cap` is its
     static upper bound (default: no annealing, k_t must equal cfg.k).
     A batch with NaN/inf leaves the state unchanged and sets metrics["nonfinite_input"]."""
+    if tcfg.resample_steps and (cfg.architecture != "l1" or cfg.n_shared_latents):
+        raise ValueError("resample_steps (dead-latent resampling) is implemented for the L1 crosscoder without "
+                         f"shared latents; got architecture={cfg.architecture!r}, n_shared_latents="
+                         f"{cfg.n_shared_latents} (BatchTopK revives dead latents with its auxk loss)")
     opt = make_optimizer(cfg, tcfg, total_steps)
 
     def step_fn(state: TrainState, x_BMD: jax.Array, k_t: jax.Array):
@@ -225,6 +230,10 @@ def make_train_step(
         else:
             steps_since_active = jnp.where(aux.dead_F, jnp.minimum(steps_since_active + 1, 2**30), 0)
             metrics.update(sparsity=aux.sparsity, num_dead=jnp.sum(aux.dead_F))
+            if tcfg.resample_steps:
+                params, opt_state, n_res = _maybe_resample(cfg, tcfg, state.step, params, opt_state, x,
+                                                           steps_since_active, finite)
+                metrics["resampled"] = n_res
         # a non-finite batch changes nothing (the loop reports it at its next sync); the big arrays
         # were already left alone by the cond above, the small ones are selected here
         small_new = (state.step + 1, buffers, tokens_since_fired, steps_since_active)
@@ -256,6 +265,22 @@ def make_train_step(
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,),
     )
+
+
+def _maybe_resample(cfg, tcfg, step, params, opt_state, x, steps_since_active, finite):
+    """`jaxcoders.resample` at steps s with s % resample_steps == 0 (after the update, on this
+    batch, as the reference); returns (params, opt_state, number of latents resampled)."""
+    from jaxcoders.resample import dead_for_resampling, resample_dead_latents
+
+    dead = dead_for_resampling(steps_since_active, tcfg.resample_steps)
+    key = jax.random.fold_in(jax.random.key(tcfg.seed), step)
+
+    def run(_):
+        r = resample_dead_latents(cfg, params, opt_state, x, dead, key)
+        return r.params, r.opt_state, jnp.sum(r.resampled_F).astype(jnp.int32)
+
+    due = finite & (jnp.mod(step, tcfg.resample_steps) == 0) & jnp.any(dead)
+    return jax.lax.cond(due, run, lambda _: (params, opt_state, jnp.int32(0)), None)
 
 
 def shard_train_state(state: TrainState, cfg: CrossCoderConfig, tcfg: TrainConfig, mesh, total_steps=None) -> TrainState:

@@ -152,3 +152,23 @@ def test_fit_rejects_bad_batches():
         jaxcoders.fit(model, [jnp.asarray(good)] * 2 + [jnp.asarray(bad)], log_every=100)
     with pytest.raises(ValueError, match="no batches"):
         jaxcoders.fit(model, [])
+
+
+def test_exactly_reconstructed_token_has_finite_gradient():
+    """An all-zero token at initialization (b_enc = b_dec = 0, so e = 0 exactly) must not make the
+    gradient NaN: torch defines d||e||/de = 0 at e = 0 and so do we (crosscoder.safe_sqrt)."""
+    import jax
+    from flax import nnx
+
+    from jaxcoders.losses import l1_loss
+
+    cfg = CrossCoderConfig(2, 8, 16, architecture="l1")
+    model = CrossCoder(cfg, rngs=nnx.Rngs(0))
+    params = model.params._replace(b_dec_MD=jnp.zeros((2, 8)), b_enc_F=jnp.zeros((16,)))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 2, 8)), jnp.float32).at[0].set(0.0)
+    tcfg = TrainConfig()
+    grads = jax.grad(lambda p: l1_loss(cfg, tcfg, p, x, 0.1)[0])(params)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+    # control: the plain sqrt norm this replaced gives NaN on that token
+    plain = jax.grad(lambda e: jnp.mean(jnp.sqrt(jnp.sum(jnp.square(e), axis=-1))))(x)
+    assert np.isnan(np.asarray(plain)).any()

@@ -67,10 +67,14 @@ def test_sharded_step_equals_single_device():
         from jaxcoders import sharding as shd
         from jaxcoders.train import init_train_state, make_train_step, shard_train_state
         assert jax.device_count() == 8
-        for arch, cn in [("batchtopk", "CROSSCODER"), ("batchtopk", "DECOUPLED"), ("l1", "CROSSCODER")]:
+        for arch, cn, resample in [("batchtopk", "CROSSCODER", None), ("batchtopk", "DECOUPLED", None),
+                                   ("l1", "CROSSCODER", None), ("l1", "CROSSCODER", 2)]:
             cfg = CrossCoderConfig(2, 16, 64, architecture=arch, code_normalization=cn, k=4, norm_init_scale=1.0)
             model = CrossCoder(cfg, rngs=nnx.Rngs(0))
-            tcfg = TrainConfig(lr=1e-3, warmup_steps=2, threshold_start_step=2, dead_tokens_threshold=64)
+            if resample:  # 16 latents that never fire, resampled at step 2 (dead for > 1 step)
+                model = CrossCoder(cfg, params=model.params._replace(b_enc_F=model.params.b_enc_F.at[:16].set(-100.)))
+            tcfg = TrainConfig(lr=1e-3, warmup_steps=2, threshold_start_step=2, dead_tokens_threshold=64,
+                               resample_steps=resample)
             xs = np.random.default_rng(0).normal(size=(4, 32, 2, 16)).astype(np.float32)
             sel_fn = jax.jit(lambda p, x: select_train(cfg, encode_relu(cfg, p, x),
                                                        code_normalization(cfg, p.w_dec_MFD), 4)[1])
@@ -96,6 +100,8 @@ def test_sharded_step_equals_single_device():
                     m = jax.device_get(m)
                     np.testing.assert_allclose(m["loss"], ref[i]["loss"], rtol=1e-5)
                     assert int(m["num_dead"]) == int(ref[i]["num_dead"])
+                    if resample:
+                        assert int(m["resampled"]) == int(ref[i]["resampled"]) == (16 if i == 2 else 0)
                 for a, b in zip(jax.tree.leaves(s.params), jax.tree.leaves(s1.params)):
                     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
                 assert s.params.w_enc_MDF.sharding.spec == shd.param_specs().w_enc_MDF

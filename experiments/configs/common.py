@@ -15,7 +15,7 @@ def base_config() -> ml_collections.ConfigDict:
         lr=1e-4, warmup_steps=1000, decay_start=-1, l1_coefficient=0.041, l1_warmup_steps=0, use_mse_loss=False,
         k_max=-1, k_annealing_steps=0, threshold_start_step=1000, threshold_beta=0.999, auxk_alpha=1 / 32,
         dead_tokens_threshold=10_000_000, top_k_aux=-1, grad_clip_norm=-1.0, selection_method="topk",
-        decoder_mode="auto",
+        decoder_mode="auto", resample_steps=-1,
     ))
     c.run = ml_collections.ConfigDict(dict(
         steps=10_000, batch_size=2048, log_every=100, eval_every=1000, eval_batches=8, checkpoint_every=1000,
