@@ -75,8 +75,6 @@ import functools
 import hashlib
 import json
 import os
-import queue
-import threading
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -432,36 +430,6 @@ def _batches(info: RowInfo, B: int, G: int, stop: int, dedup: bool, counters: di
         pos = end
 
 
-def _prefetch(gen, n: int = 2):
-    if n <= 0:
-        yield from gen
-        return
-    q: queue.Queue = queue.Queue(maxsize=n)
-    done, stop = object(), threading.Event()
-
-    def worker():
-        try:
-            for item in gen:
-                if stop.is_set():
-                    return
-                q.put(item)
-            q.put(done)
-        except BaseException as e:  # re-raised in the consumer
-            q.put(e)
-
-    threading.Thread(target=worker, daemon=True).start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-
-
 # ----------------------------------------------------------------------------- passes
 
 
@@ -612,7 +580,7 @@ def collect_examples(model, acts, *, rows: Optional[dict] = None, latents=None, 
     bar = _bar(progress, stop, "examples pass")
     block = int(block_rows or max(16 * B, 1 << 16))
     gen = _batches(info, B, G, stop, dedup, counters, max(block, B))
-    for bt in _prefetch(gen, prefetch):
+    for bt in stream.prefetch_iter(gen, prefetch):
         x, n = bt["x"], bt["n"]
         if x.ndim != 3 or x.shape[1:] != (M, D):
             raise ValueError(f"activation batch has shape {x.shape}; the crosscoder expects (n, {M}, {D})")

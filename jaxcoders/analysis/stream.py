@@ -206,6 +206,38 @@ def _rebatch(batches: Iterable, batch_size: int, max_rows: Optional[int]) -> Ite
         yield np.concatenate(buf), {}
 
 
+def prefetch_iter(gen, n: int = 2):
+    """The items of `gen`, produced by a background thread up to `n` items ahead (n <= 0: inline).
+    An exception in the producer is re-raised here; closing the consumer stops the producer."""
+    if n <= 0:
+        yield from gen
+        return
+    q: queue.Queue = queue.Queue(maxsize=n)
+    done, stop = object(), threading.Event()
+
+    def worker():
+        try:
+            for item in gen:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+
+    threading.Thread(target=worker, daemon=True).start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
 def iter_batches(acts, batch_size: int, *, labels: Optional[dict] = None, max_rows: Optional[int] = None,
                  prefetch: int = 2) -> Iterator[tuple[np.ndarray, dict]]:
     """(x (b, M, D), {label: (b,)}) in row order, b <= batch_size; read `prefetch` batches ahead."""
@@ -230,35 +262,7 @@ def iter_batches(acts, batch_size: int, *, labels: Optional[dict] = None, max_ro
                 yield _read_rows(acts, i, j), {k: np.asarray(v[i:j]) for k, v in labels.items()}
 
         gen = gen_fn()
-    if prefetch <= 0:
-        yield from gen
-        return
-    q: queue.Queue = queue.Queue(maxsize=prefetch)
-    done = object()
-    stop_flag = threading.Event()
-
-    def worker():
-        try:
-            for item in gen:
-                if stop_flag.is_set():
-                    return
-                q.put(item)
-            q.put(done)
-        except BaseException as e:  # re-raised in the consumer
-            q.put(e)
-
-    t = threading.Thread(target=worker, daemon=True)
-    t.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop_flag.set()
+    yield from prefetch_iter(gen, prefetch)
 
 
 # ----------------------------------------------------------------------------- the pass
