@@ -101,23 +101,32 @@ def _decoder_layers(model) -> tuple[Any, Any]:
     )
 
 
+
+def load_causal_lm(name: str, *, revision: str | None = None, dtype: str = "float32",
+                   attn_implementation: str | None = None, flag: str = "--model"):
+    """`AutoModelForCausalLM.from_pretrained(name)` in eval mode without gradients; any loading
+    failure becomes one ModelError sentence naming the flag."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "revision": revision}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"could not load {flag}={name}: {msg}") from e
+    return model.eval().requires_grad_(False)
+
 class LayerActivations:
     """One model, truncated after block `layer`; `__call__(ids_BT) -> hidden_states[layer+1] (B, T, D)`."""
 
     def __init__(self, name: str, layer: int, *, revision: str | None = None, dtype: str = "float32",
                  device: str = "cpu", attn_implementation: str | None = None, flag: str = "--model"):
-        import torch
-        from transformers import AutoModelForCausalLM
+        import torch  # noqa: F401  (fail here, clearly, when torch is missing)
 
-        kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "revision": revision}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        try:
-            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-        except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(f"could not load {flag}={name}: {msg}") from e
-        model.eval().requires_grad_(False)
+        model = load_causal_lm(name, revision=revision, dtype=dtype, attn_implementation=attn_implementation,
+                               flag=flag)
         decoder, layers = _decoder_layers(model)
         n = len(layers)
         if not 0 <= layer < n:

@@ -95,16 +95,8 @@ def load_split_model(name: str, layer: int, *, revision: Optional[str] = None, d
                      device: str = "cpu", attn_implementation: Optional[str] = None, flag: str = "--model") -> SplitLM:
     """Load a full causal LM (every block: the upper ones continue the edited residual) and split it."""
     import torch  # noqa: F401  (fail here, clearly, when torch is missing)
-    from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": models_lib.torch_dtype(dtype), "revision": revision}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    try:
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"could not load {flag}={name}: {msg}") from e
-    model.eval().requires_grad_(False)
+    model = models_lib.load_causal_lm(name, revision=revision, dtype=dtype, attn_implementation=attn_implementation,
+                                      flag=flag)
     model = model.to(models_lib.resolve_device(device))
     return SplitLM(model, layer, name=f"{flag}={name}")
