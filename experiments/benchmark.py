@@ -66,6 +66,8 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jaxcoders.perf.flops import dense_flops, executed_flops  # noqa: E402
+
 PRESETS = {  # D, F, B
     "S": (256, 4096, 1024),
     "M": (512, 8192, 2048),
@@ -119,30 +121,6 @@ def _maybe_reexec() -> None:
 
 def _hugetlb_active() -> bool:
     return "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
-
-
-def dense_flops(arch: str, M: int, D: int, F: int, B: int) -> float:
-    """Matmul FLOPs of the dense step (SPEC §1-4): G = 2·B·(M·D)·F per (B, M·D, F) matmul; L1 and
-    BatchTopK 5G (encoder fwd, decoder fwd, dW_dec, d code, dW_enc); tied 9G (3F encoder columns)."""
-    G = 2.0 * B * M * D * F
-    return 9 * G if arch == "tied" else 5 * G
-
-
-def executed_flops(arch: str, path: str, M: int, D: int, F: int, B: int, k, n_dead: int, top_k_aux: int) -> float:
-    G = 2.0 * B * M * D * F
-    if arch != "batchtopk":
-        return dense_flops(arch, M, D, F, B)
-    if path == "dense":
-        return 8 * G  # + dense auxk: decode, d code, dW_dec (its encoder part is in the dense dW_enc)
-    n = k * B
-    flops = G + 8.0 * n * M * D  # encoder fwd; decode, d v, dW_dec, dW_enc over n entries
-    if n_dead:
-        from jaxcoders.sparse import AUXK_CAPACITY_FRACTIONS
-
-        caps = sorted({int(F * f) for f in AUXK_CAPACITY_FRACTIONS if int(F * f) < F} | {F})
-        cap = next(c for c in caps if c >= n_dead)
-        flops += 4 * 2.0 * B * M * D * cap  # decode, d code, dW_dec, dW_enc over the block
-    return flops
 
 
 def _configs():

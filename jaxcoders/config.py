@@ -165,12 +165,15 @@ class TrainConfig:
       resample_steps: L1 only: every this many steps re-initialize latents dead for more than half
         of it from high-loss tokens and restart the LR warm-up (`jaxcoders.resample`); None = off
         (the paper's setting).
-      selection_method: batch top-k selection method (see `jaxcoders.selection`).
+      selection_method: batch top-k selection method (see `jaxcoders.selection`); every method
+        selects the same entries, only speed and memory differ. Default "topk": on GPU (H200) the
+        three are equal inside the step and "topk" is fastest on the whole-matrix fallback
+        (docs/accelerators.md); on CPU "radix" is ~20 % faster on candidates (docs/performance.md).
       decoder_mode: BatchTopK train step: "dense" (every matmul dense, the reference's order of
         operations), "sparse" (decode, decoder and encoder gradients and auxk only over the
         selected entries, `jaxcoders.sparse`; equal up to float summation order), or "auto"
-        (sparse where measured faster: `jaxcoders.sparse.decoder_mode`). L1, tied and DECOUPLED
-        BatchTopK always run dense.
+        (sparse where measured faster -- CPU and GPU, one device, small k/F; dense on TPU, which is
+        unmeasured: `jaxcoders.sparse.decoder_mode`). L1, tied and DECOUPLED BatchTopK always run dense.
       seed: PRNG seed (initialisation of fresh models in the launchers).
     """
 

@@ -16,6 +16,7 @@ from jaxcoders.crosscoder import (
     CrossCoderParams,
     code_normalization,
     decode,
+    einsum_bf16,
     encode_relu,
     safe_sqrt,
     select_train,
@@ -54,7 +55,7 @@ def _encode_relu_flat(cfg: CrossCoderConfig, params: CrossCoderParams, x_BMD: ja
     w = params.w_enc_MDF.reshape(-1, params.w_enc_MDF.shape[-1])
     x = x_BMD.reshape(B, -1)
     if cfg.compute_dtype == "bfloat16":
-        pre = jnp.dot(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+        pre = einsum_bf16("bk,kf->bf", x, w)
     else:
         pre = jnp.dot(x, w, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
     return jax.nn.relu(pre + params.b_enc_F)

@@ -49,15 +49,19 @@ from jaxcoders.selection import _n_keep, _select_local, check_index_limits, scor
 
 DECODER_MODES = ("dense", "sparse", "auto")
 
-# "auto" picks the sparse path when the selected fraction k/F is at most this and the problem is
-# big enough for the gathers to pay (B·F >= AUTO_MIN_ENTRIES). Measured on XLA:CPU (2-core AMD
-# EPYC, jax 0.10.2, 2026-11-23, experiments/benchmark.py at D=512 F=8192 B=2048, docs/performance.md):
-# the sparse step is faster than the dense one at every k tried -- k = 32, 100, 128, 256 (k/F =
-# 1/32: still 2.4x) -- its advantage shrinking with k, since each selected entry costs a few
-# gathered/scattered rows of M·D floats (~100x a dense-matmul FLOP per element here). Above
-# k/F = 1/32 nothing was measured, so "auto" stays dense there. On GPU/TPU nothing was measured
-# either: "auto" is dense there (pass decoder_mode="sparse" to try).
-AUTO_MAX_DENSITY = 1.0 / 32.0
+# "auto" picks the sparse path on one device when the selected fraction k/F is at most the
+# backend's threshold and the problem is big enough for the gathers to pay (B·F >= AUTO_MIN_ENTRIES).
+# CPU (XLA:CPU, 2-core AMD EPYC, jax 0.10.2, 2026-11-23, experiments/benchmark.py at D=512 F=8192
+# B=2048, docs/performance.md): sparse is faster at every k tried -- k = 32, 100, 128, 256 (k/F =
+# 1/32: still 2.4x) -- its advantage shrinking with k; nothing was measured above 1/32.
+# GPU (NVIDIA H200, jax 0.11.2, 2026-12-04, experiments/accelerator_check.py at the Gemma-2-2B size
+# D=2304 F=73728 B=4096 k=100, k/F = 1/737, docs/accelerators.md): sparse 35.4 vs dense 53.1 ms in
+# bf16 (1.5x), 97.2 vs 444.8 ms in f32 (4.6x). Its entry-wise scatters cost ~0.17 ms per unit of k
+# there, while the dense path's extra matmuls cost what the dtype's matmul rate makes them (12x more
+# in f32), so the break-even k/F estimated from those two runs is ~1/360 in bf16 and ~1/35 in f32;
+# the thresholds below stay at half of that. TPU: nothing measured, "auto" stays dense.
+AUTO_MAX_DENSITY = 1.0 / 32.0  # CPU
+AUTO_MAX_DENSITY_GPU = {"float32": 1.0 / 64.0, "bfloat16": 1.0 / 512.0}
 AUTO_MIN_ENTRIES = 1 << 20
 # Capacities (fractions of F) of the compacted dead-latent block used by auxk; more dead latents
 # than the largest fraction < 1 falls through to width F (the dense auxk's cost).
@@ -93,8 +97,13 @@ def decoder_mode(cfg: CrossCoderConfig, tcfg: TrainConfig, batch_size: int, k: O
     backend = backend or jax.default_backend()
     k = cfg.k if k is None else k
     F = cfg.dict_size
-    if (backend == "cpu" and num_devices == 1 and batch_size * F >= AUTO_MIN_ENTRIES
-            and k <= AUTO_MAX_DENSITY * F):
+    if backend == "cpu":
+        max_density = AUTO_MAX_DENSITY
+    elif backend in ("gpu", "cuda"):
+        max_density = AUTO_MAX_DENSITY_GPU[cfg.compute_dtype]
+    else:  # TPU and others: not measured
+        return "dense"
+    if num_devices == 1 and batch_size * F >= AUTO_MIN_ENTRIES and k <= max_density * F:
         return "sparse"
     return "dense"
 

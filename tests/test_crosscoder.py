@@ -21,6 +21,7 @@ def rel_err(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
+@pytest.mark.accelerator
 @pytest.mark.parametrize("case", CASES)
 def test_fixture_encode_decode(fixtures_dir, case):
     d = fixtures_dir / case
@@ -42,6 +43,7 @@ def test_fixture_encode_decode(fixtures_dir, case):
         assert rel_err(model.decode(ft), z["x_hat_train"]) < 1e-5
 
 
+@pytest.mark.accelerator
 @pytest.mark.parametrize("case", CASES)
 def test_fixture_control_perturbed_weight_fails(fixtures_dir, case):
     """Control: one perturbed encoder and decoder weight must break the equivalence checks."""
@@ -94,6 +96,7 @@ def test_all_code_normalizations_match_numpy_reference(kind, arch, M):
         assert rel_err(model.decode(f), ref_numpy.decode(f_ref, w_dec, b_dec)) < 1e-5
 
 
+@pytest.mark.accelerator
 def test_batchtopk_train_selects_k_times_b_with_ties():
     """Ties at the cut: lower flat index wins (documented rule), exactly k*B entries kept."""
     cfg = CrossCoderConfig(2, 4, 8, architecture="batchtopk", code_normalization="NONE", k=2)

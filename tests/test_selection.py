@@ -48,6 +48,7 @@ def _topk_reference(x, n_keep):
     return mask.reshape(x.shape)
 
 
+@pytest.mark.accelerator
 @pytest.mark.parametrize("B,F", [(4, 37), (33, 130), (1, 5)])  # B*F not a multiple of any block
 def test_methods_equal_topk_traced_k(B, F):
     fns = {m: jax.jit(lambda s, k, m=m: batch_topk_mask(s, k, k_cap=F + 2, method=m)) for m in METHODS}
@@ -66,6 +67,7 @@ def test_methods_equal_topk_traced_k(B, F):
     assert straddled >= 3
 
 
+@pytest.mark.accelerator
 def test_static_k_and_k_cap_clipping():
     x = _inputs(6, 50, seed=1)["tied"]
     for m in METHODS:
@@ -80,6 +82,7 @@ def test_static_k_and_k_cap_clipping():
         batch_topk_mask(x, 3, method="sort")
 
 
+@pytest.mark.accelerator
 def test_total_order_and_dtypes():
     """Signed zeros, negatives, inf, and bf16 scores are ordered exactly as lax.top_k orders them."""
     rng = np.random.default_rng(2)
@@ -94,6 +97,7 @@ def test_total_order_and_dtypes():
         batch_topk_mask(jnp.zeros((2, 3), jnp.int32), 1, method="radix")
 
 
+@pytest.mark.accelerator
 def test_radix_select_cut_counts():
     x = _inputs(16, 64)["tied"]
     keys = np.asarray(score_keys(jnp.asarray(x))).reshape(-1)
@@ -129,6 +133,7 @@ def test_crosscoder_select_train_with_radix():
         np.testing.assert_array_equal(code, code_ref)
 
 
+@pytest.mark.accelerator
 @pytest.mark.parametrize("method", METHODS)
 def test_batch_topk_gradient_equals_topk_autodiff(method):
     rng = np.random.default_rng(4)
@@ -163,6 +168,7 @@ def _numpy_histogram(x, lo, shift, bits):
     return np.bincount(digit[digit < 2**bits], minlength=2**bits)
 
 
+@pytest.mark.accelerator
 def test_pallas_histogram_kernel():
     rng = np.random.default_rng(5)
     x = np.abs(rng.standard_normal((37, 300))).astype(np.float32)

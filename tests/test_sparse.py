@@ -43,6 +43,7 @@ def _entries_mask(b, j, valid, shape):
     ("topk", "relu", (512, 1024)), ("topk", "levels", (64, 256)), ("topk", "heavy_rows", (512, 1024)),
     ("radix", "relu", (64, 256)), ("radix", "levels", (64, 256)),
 ])
+@pytest.mark.accelerator
 def test_select_entries_equals_dense_mask(method, kind, shape):
     s = _scores(kind, shape)
     k = 8
@@ -61,6 +62,7 @@ def test_select_entries_equals_dense_mask(method, kind, shape):
         np.testing.assert_array_equal(_entries_mask(b, j, valid, shape), np.asarray(batch_topk_mask(s, k)))
 
 
+@pytest.mark.accelerator
 def test_select_entries_pallas_small():
     s = _scores("relu", (16, 128))
     b, j, valid = select_entries(s, 2, method="pallas")
@@ -113,6 +115,7 @@ def _assert_same(a, b, rtol=2e-5, atol=1e-6):
 
 # n_dead (of the first latents) chosen so that every auxk capacity bucket of F=256 is used:
 # none dead, <= F/16, <= F/4, and the width-F fallback; top_k_aux 32 > the smallest capacity 16
+@pytest.mark.accelerator
 @pytest.mark.parametrize("top_k_aux", [8, 32])
 def test_sparse_loss_and_gradients_equal_dense(top_k_aux):
     tcfg = TrainConfig(dead_tokens_threshold=10**7, top_k_aux=top_k_aux, auxk_alpha=4.0)  # auxk weighted up
@@ -149,6 +152,7 @@ def test_sparse_equals_dense_with_traced_k():
                  _loss_and_grads(batchtopk_loss_sparse, cfg, tcfg, params, x, counters, jnp.int32(5), k_cap=8))
 
 
+@pytest.mark.accelerator
 def test_sparse_control_different_dead_set_fails():
     """Control: the comparison must catch a difference in the auxk part alone."""
     tcfg = TrainConfig(dead_tokens_threshold=10**7, top_k_aux=8, auxk_alpha=4.0)
@@ -175,6 +179,7 @@ def _train(mode: str, steps: int = 5, n_dead: int = 40):
     return state, np.asarray(losses), m
 
 
+@pytest.mark.accelerator
 def test_train_steps_sparse_equal_dense():
     s_dense, l_dense, m_dense = _train("dense")
     s_sparse, l_sparse, m_sparse = _train("sparse")
@@ -189,7 +194,13 @@ def test_train_steps_sparse_equal_dense():
 def test_decoder_mode_resolution():
     btk = CrossCoderConfig(2, 512, 8192, architecture="batchtopk", k=32)
     assert decoder_mode(btk, TrainConfig(), 2048, backend="cpu") == "sparse"
-    assert decoder_mode(btk, TrainConfig(), 2048, backend="gpu") == "dense"  # unmeasured there
+    # GPU (measured on an H200): f32 sparse up to k/F = 1/64, bf16 up to 1/512; TPU unmeasured: dense
+    assert decoder_mode(btk, TrainConfig(), 2048, backend="gpu") == "sparse"  # k/F = 1/256, f32
+    assert decoder_mode(btk.replace(compute_dtype="bfloat16"), TrainConfig(), 2048, backend="gpu") == "dense"
+    gemma = CrossCoderConfig(2, 2304, 73728, architecture="batchtopk", k=100, compute_dtype="bfloat16")
+    assert decoder_mode(gemma, TrainConfig(), 4096, backend="gpu") == "sparse"  # k/F = 1/737
+    assert decoder_mode(gemma, TrainConfig(), 4096, k=200, backend="gpu") == "dense"
+    assert decoder_mode(btk, TrainConfig(), 2048, backend="tpu") == "dense"
     assert decoder_mode(btk, TrainConfig(), 2048, backend="cpu", num_devices=8) == "dense"
     assert decoder_mode(btk, TrainConfig(), 2048, k=512, backend="cpu") == "dense"  # k/F too large
     assert decoder_mode(btk, TrainConfig(), 8, backend="cpu") == "dense"  # too small to pay

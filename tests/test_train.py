@@ -49,6 +49,7 @@ def _run(fixtures_dir, case, perturb=False):
     return meta, d, trained, losses
 
 
+@pytest.mark.accelerator
 @pytest.mark.parametrize("case", CASES)
 def test_training_trajectory_matches_reference(fixtures_dir, case):
     meta, d, trained, losses = _run(fixtures_dir, case)
@@ -65,6 +66,7 @@ def test_training_trajectory_matches_reference(fixtures_dir, case):
         assert int(mine["k"]) == int(final["k"])
 
 
+@pytest.mark.accelerator
 @pytest.mark.parametrize("case", ["train_l1_crosscoder", "train_batchtopk_crosscoder"])
 def test_training_control_perturbed_init_fails(fixtures_dir, case):
     _, d, trained, losses = _run(fixtures_dir, case, perturb=True)
@@ -72,6 +74,7 @@ def test_training_control_perturbed_init_fails(fixtures_dir, case):
     assert rel(reference_tensors(trained)["encoder.weight"], final["encoder.weight"]) > 1e-4
 
 
+@pytest.mark.accelerator
 def test_threshold_and_dead_counts_follow_reference(fixtures_dir):
     """Per-step theta and dead counts (meta.json) through the step function directly."""
     from jaxcoders.train import init_train_state, make_train_step, _geometric_median_jit

@@ -1,23 +1,30 @@
-"""Capacity planning on paper: memory, communication and throughput of a BatchTopK crosscoder
-train step on TPU slices. Prints the tables of tpu/README.md ("Capacity planning").
+"""Capacity planning on paper: memory, communication and throughput of a crosscoder train step on
+TPU slices. Prints the tables of tpu/README.md ("Capacity planning").
 
     python tpu/capacity.py                 # the markdown block the README embeds
     python tpu/capacity.py --batch_size=8192
+    python tpu/capacity.py --compiled      # the memory model against XLA's compiled step (below)
 
-Everything here is an ESTIMATE from shapes, published chip specifications and stated
-assumptions (the ASSUMPTIONS dict below). No timing was measured: replace the compute column
-with `experiments/benchmark.py` measurements (ms/step of one device) when they exist.
+Timings here are ESTIMATES from shapes, published chip specifications and stated assumptions (the
+ASSUMPTIONS dict below); no TPU step was timed. The memory model is calibrated against XLA:
+`--compiled` AOT-compiles the real train step (`jaxcoders.train.make_train_step`) for every mesh
+the tables list, on fake CPU devices without executing it (`jaxcoders.perf.aot`), and compares
+XLA's per-device memory analysis with the planner's total (docs/accelerators.md has the table;
+tests/test_tpu_scripts.py does the same at a reduced size).
 
-Model of one step (jaxcoders.train.make_train_step with jaxcoders.losses.batchtopk_loss), with
-B tokens per step, M models, D d_model, F latents, P = 2·M·D·F weights, mesh (data d, latent l),
-n = d·l devices:
-  * FLOPs: the dense encoder and decoder matmuls, G = 2·B·M·D·F each. Forward 2G, backward 3G
-    (dW_enc, dW_dec, df; no dx), and the auxk loss decodes a second dense (B, F) code: +1G
-    forward, +2G backward. 8G in all (an L1 crosscoder: 5G). The BatchTopK code is sparse
-    (k·B non-zeros) but the current step multiplies it densely.
-  * Per-device memory: weights + Adam moments 12 B/param, gradients 4 B/param, both / l;
-    temporaries: about 10 live f32 (B/d, F/l) buffers (pre-activation, code, scores, masks,
-    auxk code, cotangents), 6 f32 (B/d, M, D) buffers, and bf16 copies of the weights (2 B/param / l).
+Model of one step, with B tokens per step, M models, D d_model, F latents, mesh (data d, latent
+l), n = d·l devices, P weights (2·M·D·F; the tied crosscoder 4·M·D·F: 3F encoder columns):
+  * FLOPs: G = 2·B·M·D·F per (B, M·D) x (M·D, F) matmul. L1: 5G (encoder and decoder forward,
+    dW_enc, dW_dec, d code). BatchTopK on a mesh of more than one device runs the dense path
+    (`decoder_mode="auto"` picks it there; the sparse path of `jaxcoders.sparse` is exact on meshes
+    but unmeasured) with its dense auxk decode and gradients: 8G. Tied: 9G. Split over n devices.
+  * Per-device memory (what XLA's buffer assignment of the compiled step holds, fitted on the
+    Gemma-2-2B and reduced sizes): the donated state, weights + Adam moments in f32 (12 B/param / l),
+    and the batch (4·(B/d)·M·D); gradient-sized temporaries GRAD_BUFFERS[arch] · 4·P/l (the gradient,
+    the clipped gradient, Adam's update before it is applied); activation temporaries
+    ACT_BUFFERS[arch] · 4·(B/d)·(F_enc/l) (the (B, F) pre-activation, code, scores and their
+    cotangents that are alive at once; F_enc = 3F for tied). XLA:CPU's buffer assignment is the
+    reference here; TPU's may differ by its layouts and fusion decisions.
   * HBM traffic that the matmuls do not hide: the Adam update (read p, g, m, v; write p, m, v:
     28 B/param / l) and ~20 f32 passes over the (B/d, F/l) buffers.
   * Communication per device and step: the gradient all-reduce over "data" (ring: 2(d-1)/d ·
@@ -35,12 +42,18 @@ ASSUMPTIONS = {
     "mxu_efficiency": 0.5,  # fraction of the bf16 peak reached by the step's matmuls (bf16 inputs)
     "f32_slowdown": 6.0,  # compute_dtype=float32 uses Precision.HIGHEST: ~6 bf16 MXU passes
     "hbm_efficiency": 0.7,  # fraction of the HBM bandwidth reached by elementwise/optimizer passes
-    "bf_buffers_live": 10,  # f32 (B/d, F/l) buffers alive at the peak
     "bf_passes": 20,  # f32 passes over (B/d, F/l) per step (read or write)
-    "bmd_buffers_live": 6,  # f32 (B/d, M, D) buffers alive at the peak
     "usable_hbm": 0.9,  # fraction of HBM a program can use (runtime reserves the rest)
     "tokens_planned": 100e6,  # training tokens (the paper: 50M FineWeb + 50M LMSYS)
 }
+
+
+# Per-device temporaries of the compiled step, in units of the f32 gradient (4·P/l bytes) and of one
+# f32 (B/d, F_enc/l) buffer: fitted to XLA's memory analysis of the real step (`--compiled`; the
+# gradient-sized ones are exact multiples at every mesh with l = 1).
+GRAD_BUFFERS = {"l1": 2, "batchtopk": 3, "tied": 2}
+ACT_BUFFERS = {"l1": 2, "batchtopk": 3, "tied": 1}
+ARCHS = ("l1", "batchtopk", "tied")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +87,13 @@ class Model:
     def params(self) -> int:
         return 2 * self.M * self.D * self.F
 
+    def weights(self, arch: str) -> int:
+        """Trainable weights (the biases are negligible): the tied crosscoder has 3F encoder columns."""
+        return 2 * self.params if arch == "tied" else self.params
+
+    def encoder_width(self, arch: str) -> int:
+        return 3 * self.F if arch == "tied" else self.F
+
 
 MODELS = (
     Model("Gemma-2-2B pair (D = 2304, F = 73,728, M = 2)", 2, 2304, 73_728),
@@ -94,16 +114,30 @@ def meshes(n_devices: int, devices_per_host: int):
     return [m for m in out if m[1] in (1, 2, devices_per_host, n_devices)]
 
 
-def step_estimate(m: Model, s: Slice, d: int, l: int, B: int) -> dict:
-    a = ASSUMPTIONS
-    P = m.params
-    Bl, Fl = B / d, m.F / l
-    mem_state = 12 * P / l
-    mem_grads = 4 * P / l
-    mem_tmp = a["bf_buffers_live"] * 4 * Bl * Fl + a["bmd_buffers_live"] * 4 * Bl * m.M * m.D + 2 * P / l
-    total = mem_state + mem_grads + mem_tmp
+def memory_estimate(m: Model, d: int, l: int, B: int, arch: str = "batchtopk") -> dict:
+    """Per-device bytes of the compiled train step: state (weights + Adam, and the batch), gradient-
+    sized temporaries, activation temporaries, total."""
+    P = m.weights(arch)
+    Bl = B / d
+    state = 12 * P / l + 4 * Bl * m.M * m.D
+    grads = GRAD_BUFFERS[arch] * 4 * P / l
+    tmp = ACT_BUFFERS[arch] * 4 * Bl * m.encoder_width(arch) / l
+    return dict(state=state, grads=grads, tmp=tmp, total=state + grads + tmp)
+
+
+def step_flops(m: Model, B: int, arch: str = "batchtopk") -> float:
+    """Matmul FLOPs of the step on a mesh: L1 5G, BatchTopK (dense path) 8G, tied 9G."""
     G = 2 * B * m.M * m.D * m.F
-    flops = 8 * G / (d * l)
+    return {"l1": 5, "batchtopk": 8, "tied": 9}[arch] * G
+
+
+def step_estimate(m: Model, s: Slice, d: int, l: int, B: int, arch: str = "batchtopk") -> dict:
+    a = ASSUMPTIONS
+    P = m.weights(arch)
+    Bl, Fl = B / d, m.F / l
+    mem = memory_estimate(m, d, l, B, arch)
+    mem_state, mem_grads, mem_tmp, total = mem["state"], mem["grads"], mem["tmp"], mem["total"]
+    flops = step_flops(m, B, arch) / (d * l)
     t_mxu = flops / (a["mxu_efficiency"] * s.bf16_tflops * 1e12)
     hbm_bytes = 28 * P / l + a["bf_passes"] * 4 * Bl * Fl
     t_hbm = hbm_bytes / (a["hbm_efficiency"] * s.hbm_gbs * 1e9)
@@ -178,10 +212,82 @@ def tables(B: int) -> str:
     return "\n".join(out) + "\n"
 
 
+def mesh_list(slices=SLICES) -> dict[int, list[tuple[int, int]]]:
+    """Every (data, latent) mesh the tables list, by device count."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    for s in slices:
+        for d, l, _ in meshes(s.chips, s.chips // s.hosts):
+            if (d, l) not in out.setdefault(d * l, []):
+                out[d * l].append((d, l))
+    return out
+
+
+def compiled_memory(m: Model, B: int, meshes_by_count: dict, archs=ARCHS, dtype: str = "bfloat16",
+                    timeout: float = 1800) -> list[dict]:
+    """XLA's per-device memory of the real train step, compiled (not run) for each mesh on fake CPU
+    devices: one `python -m jaxcoders.perf.aot` process per device count. One dict per (arch, mesh)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    rows = []
+    for n, ms in sorted(meshes_by_count.items()):
+        cmd = [sys.executable, "-m", "jaxcoders.perf.aot", f"--devices={n}", f"--M={m.M}", f"--D={m.D}",
+               f"--F={m.F}", f"--B={B}", "--meshes=" + ",".join(f"{d}x{l}" for d, l in ms),
+               "--archs=" + ",".join(archs), f"--dtype={dtype}"]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=timeout)
+        if p.returncode != 0:
+            raise RuntimeError(f"AOT compilation failed for {n} devices: {p.stderr.strip().splitlines()[-1:]}")
+        rows += [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    return rows
+
+
+def compiled_comparison(B: int, models=MODELS, archs=ARCHS, dtype: str = "bfloat16",
+                        meshes_by_count=None) -> tuple[str, list[dict]]:
+    """Markdown table: the planner's per-device memory next to XLA's compiled memory analysis, and
+    the rows (with `ratio` = planner / XLA)."""
+    meshes_by_count = meshes_by_count or mesh_list()
+    out = [f"Per-device memory of the train step, B = {B:,}, {dtype} matmul inputs: the planner "
+           "(`tpu/capacity.py`) against XLA's memory analysis of the compiled step (arguments + outputs − "
+           "aliased + temporaries; `python tpu/capacity.py --compiled`).\n",
+           "| model | arch | mesh data×latent | planner GiB | XLA GiB (args / temps) | planner / XLA |",
+           "|---|---|---|---|---|---|"]
+    rows = []
+    for m in models:
+        for r in compiled_memory(m, B, meshes_by_count, archs, dtype):
+            est = memory_estimate(m, r["data"], r["latent"], B, r["arch"])["total"]
+            r = dict(r, model=m.label.split(" (")[0], planner=est, ratio=est / r["total"])
+            rows.append(r)
+            out.append(f"| {r['model']} | {r['arch']} | {r['data']}×{r['latent']} | {est / GIB:.2f} "
+                       f"| {r['total'] / GIB:.2f} ({r['argument'] / GIB:.2f} / {r['temp'] / GIB:.2f}) "
+                       f"| {r['ratio']:.2f} |")
+    worst = max(rows, key=lambda r: abs(r["ratio"] - 1))
+    out.append(f"\nLargest disagreement: {abs(worst['ratio'] - 1) * 100:.0f} % ({worst['model']}, {worst['arch']}, "
+               f"{worst['data']}×{worst['latent']}).")
+    return "\n".join(out) + "\n", rows
+
+
 def main() -> None:
+    import sys
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch_size", type=int, default=2048)
+    p.add_argument("--compiled", action="store_true",
+                   help="compare the memory model with XLA's compiled step for every tabulated mesh "
+                        "(exit 1 if any differs by more than 20 %%)")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="with --compiled")
     args = p.parse_args()
+    if args.batch_size < 1:
+        print(f"error: --batch_size must be positive, got {args.batch_size}", file=sys.stderr)
+        sys.exit(2)
+    if args.compiled:
+        text, rows = compiled_comparison(args.batch_size, dtype=args.dtype)
+        print(text, end="")
+        sys.exit(1 if any(abs(r["ratio"] - 1) > 0.2 for r in rows) else 0)
     print(tables(args.batch_size), end="")
 
 

@@ -285,7 +285,7 @@ def _step(params, buffers, consts, state, x_BMD, valid_B, fresh_B, seg_B, seg_st
     G = seg_start_G.shape[0]
     codes = _codes_BCF(cfg, params, buffers, x_BMD.astype(jnp.float32))[..., lat]  # (B, C, S)
     codes = codes * valid_B[:, None, None]
-    act = jnp.einsum("bcs,cs->bs", codes, scale_CS)
+    act = jnp.einsum("bcs,cs->bs", codes, scale_CS, precision=jax.lax.Precision.HIGHEST)  # not TF32 on GPU
     active = act > 0
     new = dict(state)
     new["count_active"] = state["count_active"] + jnp.sum(active, axis=0, dtype=jnp.uint32)
@@ -329,7 +329,7 @@ def _latent_last(shape, mesh) -> P:
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _max_step(params, buffers, scale_CF, m_F, x_BMD, valid_B, *, cfg):
     codes = _codes_BCF(cfg, params, buffers, x_BMD.astype(jnp.float32)) * valid_B[:, None, None]
-    return jnp.maximum(m_F, jnp.max(jnp.einsum("bcf,cf->bf", codes, scale_CF), axis=0))
+    return jnp.maximum(m_F, jnp.max(jnp.einsum("bcf,cf->bf", codes, scale_CF, precision=jax.lax.Precision.HIGHEST), axis=0))
 
 
 # ----------------------------------------------------------------------------- rows and batches

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -78,7 +79,7 @@ class UsageStatsAccumulator:
         new["max_act"] = jnp.maximum(state["max_act"], jnp.max(act, axis=0))
         for name, classes in self.groups:
             onehot = (fwd.labels[name][:, None] == jnp.arange(len(classes))[None, :]).astype(dt)  # (B, C)
-            upd[f"sum_act/{name}"] = jnp.einsum("bc,bf->cf", onehot, act)
+            upd[f"sum_act/{name}"] = jnp.einsum("bc,bf->cf", onehot, act, precision=jax.lax.Precision.HIGHEST)
             new[f"count/{name}"] = state[f"count/{name}"] + jnp.einsum(
                 "bc,bf->cf", onehot, active.astype(dt)).astype(jnp.uint32)
             new[f"tokens/{name}"] = state[f"tokens/{name}"] + jnp.sum(onehot, axis=0).astype(jnp.uint32)

@@ -112,7 +112,7 @@ def _mm(cfg: CrossCoderConfig, eq: str, a, b):
     if a.dtype == jnp.float64:
         return jnp.einsum(eq, a, b, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float64)
     if cfg.compute_dtype == "bfloat16":
-        return jnp.einsum(eq, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+        return cx.bf16_product(eq, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
     return jnp.einsum(eq, a, b, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
 
 

@@ -1,0 +1,1 @@
+"""Performance measurement: FLOP accounting (`flops`) and the accelerator check (`accelerator`)."""
