@@ -148,11 +148,12 @@ class Bench:
         import jax.numpy as jnp
         from flax import nnx
 
-        from jaxcoders import sharding as shd
+        from jaxcoders.training import sharding as shd
         from jaxcoders.config import CrossCoderConfig, TrainConfig
-        from jaxcoders.crosscoder import CrossCoder
-        from jaxcoders.sparse import decoder_mode
-        from jaxcoders.train import init_train_state, make_train_step, shard_train_state
+        from jaxcoders.core.module import CrossCoder
+        from jaxcoders.core.sparse_batchtopk import decoder_mode
+        from jaxcoders.training.state import init_train_state, shard_train_state
+        from jaxcoders.training.step import make_train_step
 
         self.spec = spec
         D, F, B = PRESETS[spec["preset"]]
@@ -215,8 +216,8 @@ class Bench:
     def _setup_selection(self):
         import jax
 
-        from jaxcoders.crosscoder import batchtopk_scores, code_normalization, encode_relu
-        from jaxcoders.sparse import select_entries, select_mask
+        from jaxcoders.core.crosscoder import batchtopk_scores, code_normalization, encode_relu
+        from jaxcoders.core.selection.candidates import select_entries, select_mask
 
         cfg, p = self.cfg, self.state.params
         scores = jax.jit(lambda p, x: batchtopk_scores(
@@ -413,8 +414,8 @@ def _selection_only(common: dict) -> None:
     import jax
     import jax.numpy as jnp
 
-    from jaxcoders.selection import batch_topk_mask
-    from jaxcoders.sparse import select_entries, select_mask
+    from jaxcoders.core.selection.exact import batch_topk_mask
+    from jaxcoders.core.selection.candidates import select_entries, select_mask
 
     for preset in FLAGS.preset:
         _, F, B = PRESETS[preset]

@@ -109,7 +109,7 @@ def main_synthetic():
 
     import jaxcoders
     from jaxcoders.config import CrossCoderConfig, TrainConfig
-    from jaxcoders.crosscoder import CrossCoder
+    from jaxcoders.core.module import CrossCoder
     from jaxcoders.toy.synthetic import SyntheticSpec, make_dictionary
 
     out = Path(FLAGS.out)

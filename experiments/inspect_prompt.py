@@ -50,7 +50,7 @@ def main(argv):
     from jaxcoders.extract.text import DataError
     from jaxcoders.interventions.codes import CrosscoderEdits, InterventionError
     from jaxcoders.interventions.online import format_table, inspect_prompt, parse_chat_arg
-    from jaxcoders.io.safetensors import ReferenceFormatError
+    from jaxcoders.io.reference import ReferenceFormatError
 
     try:
         chat = None if FLAGS.chat is None else parse_chat_arg(FLAGS.chat)

@@ -71,7 +71,7 @@ def main(argv):
     from jaxcoders.extract.text import DataError
     from jaxcoders.interventions.codes import InterventionError
     from jaxcoders.interventions.run import InterventionConfig, format_table, run_interventions
-    from jaxcoders.io.safetensors import ReferenceFormatError
+    from jaxcoders.io.reference import ReferenceFormatError
 
     try:
         steer = [int(s) for s in FLAGS.steer_latents]

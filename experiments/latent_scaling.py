@@ -52,7 +52,7 @@ def run_benchmark(mesh):
 
     from jaxcoders.analysis import cli, latent_scaling as ls, stream
     from jaxcoders.config import CrossCoderConfig
-    from jaxcoders.crosscoder import CrossCoder
+    from jaxcoders.core.module import CrossCoder
 
     N, D, F = (int(v) for v in FLAGS.bench_shape.split(","))
     if FLAGS.crosscoder:

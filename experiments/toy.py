@@ -47,9 +47,9 @@ def run_all(out: Path, steps: int, batch_size: int, dict_size: int, seed: int, e
 
     import jaxcoders
     from jaxcoders.config import CrossCoderConfig, TrainConfig
-    from jaxcoders.crosscoder import CrossCoder
-    from jaxcoders.tied import tied_train_config
-    from jaxcoders.toy.benchmark import evaluate_crosscoder
+    from jaxcoders.core.module import CrossCoder
+    from jaxcoders.core.tied import tied_train_config
+    from jaxcoders.toy.evaluation import evaluate_crosscoder
     from jaxcoders.toy.synthetic import make_dictionary
 
     planted = make_dictionary(planted_spec(seed, noise, firing_prob))

@@ -33,7 +33,7 @@ def _opt(v):
 
 def build_configs(c, activation_dim: int, num_models: int):
     from jaxcoders.config import CrossCoderConfig, TrainConfig
-    from jaxcoders.trainer import RunConfig
+    from jaxcoders.config import RunConfig
 
     m = c.model
     model_cfg = CrossCoderConfig(
@@ -61,7 +61,7 @@ def build_data(c, mesh, batch_size: int):
     import jax
     import numpy as np
 
-    from jaxcoders.trainer import ArrayBatches, local_rows
+    from jaxcoders.training.sources import ArrayBatches, local_rows
 
     d = c.data
     chosen = [bool(d.store), bool(d.acts), bool(d.synthetic)]
@@ -69,11 +69,11 @@ def build_data(c, mesh, batch_size: int):
         raise app.UsageError("set exactly one of --config.data.store, --config.data.acts, --config.data.synthetic")
     rows = local_rows(mesh, c.run.batch_size)
     if d.store:
-        from jaxcoders import sharding as shd
+        from jaxcoders.training import sharding as shd
         from jaxcoders.data.loader import Loader
         from jaxcoders.data.store import ActivationStore
 
-        from jaxcoders.trainer import ConcatSources
+        from jaxcoders.training.sources import ConcatSources
 
         store = ActivationStore.open(d.store)
         mix = d.mix if d.mix in ("even", "concat") else [float(w) for w in str(d.mix).split(",")]
@@ -121,13 +121,13 @@ def build_data(c, mesh, batch_size: int):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from jaxcoders.sharding import initialize_distributed_if_needed
+    from jaxcoders.training.sharding import initialize_distributed_if_needed
 
     initialize_distributed_if_needed()
     import jax
 
-    from jaxcoders import sharding as shd
-    from jaxcoders.trainer import train_and_evaluate
+    from jaxcoders.training import sharding as shd
+    from jaxcoders.training.loop import train_and_evaluate
 
     c = FLAGS.config
     logging.info("process %d/%d, %d devices (%s)", jax.process_index(), jax.process_count(), jax.device_count(),

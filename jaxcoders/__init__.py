@@ -21,12 +21,14 @@ _LAZY = {
     "CrossCoderConfig": "jaxcoders.config",
     "TrainConfig": "jaxcoders.config",
     "CodeNormalization": "jaxcoders.config",
-    "CrossCoder": "jaxcoders.crosscoder",
-    "CrossCoderParams": "jaxcoders.crosscoder",
-    "fit": "jaxcoders.train",
-    "load_reference": "jaxcoders.io.safetensors",
-    "save_reference": "jaxcoders.io.safetensors",
-    "latent_scaling": "jaxcoders.analysis.latent_scaling",
+    "RunConfig": "jaxcoders.config",
+    "CrossCoder": "jaxcoders.core.module",
+    "CrossCoderParams": "jaxcoders.core.params",
+    "fit": "jaxcoders.training.fit",
+    "train_and_evaluate": "jaxcoders.training.loop",
+    "load_reference": "jaxcoders.io.reference",
+    "save_reference": "jaxcoders.io.reference",
+    "latent_scaling": "jaxcoders.analysis.scaling",
 }
 
 

@@ -3,6 +3,7 @@
 * `CrossCoderConfig`: what the model *is* (shapes, architecture, code normalization, init).
 * `TrainConfig`: how it is trained (optimizer, schedules, BatchTopK bookkeeping). Defaults are the
   paper's (SPEC.md sections 2-3); the reference's bugs are not copied (SPEC section 9).
+* `RunConfig`: how a run is executed (steps, batch, intervals, mesh, checkpoints, export).
 """
 from __future__ import annotations
 
@@ -251,3 +252,39 @@ class TrainConfig:
         if self.grad_clip_norm is None:
             return 1.0 if architecture in ("batchtopk", "tied") else None
         return self.grad_clip_norm if self.grad_clip_norm > 0 else None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """How a run is executed (not what is learned).
+
+    steps: total optimizer steps.  batch_size: global tokens per step.
+    log_every / eval_every / checkpoint_every: intervals in steps (0 = off for eval).
+    eval_batches: validation batches per evaluation.  keep_checkpoints: orbax max_to_keep.
+    mesh_data / mesh_latent: mesh axis sizes (0 = auto).  seed: initialisation seed.
+    export: write the final model in the reference layout to `workdir/export`.
+    tensorboard: also write the metrics as TensorBoard events to `workdir/tensorboard`
+    (`jaxcoders.training.metrics`; needs tensorboardX).
+    """
+
+    steps: int
+    batch_size: int
+    log_every: int = 100
+    eval_every: int = 1000
+    eval_batches: int = 8
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    mesh_data: int = 0
+    mesh_latent: int = 0
+    seed: int = 0
+    export: bool = True
+    async_checkpoint: bool = True
+    tensorboard: bool = False
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be positive (got {self.steps}, {self.batch_size})")
+        for name in ("log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+

@@ -74,7 +74,7 @@ def test_selection_and_equivalence_checks_pass_and_a_control_fails(tmp_path, mon
         (i, m) for i in ("batch_topk_mask", "select_entries") for m in ("topk", "radix", "pallas")}
 
     # control: a candidate selection that drops one entry must fail its checks, and only those
-    import jaxcoders.sparse as sparse
+    import jaxcoders.core.selection.candidates as sparse
 
     real = sparse.select_entries
 

@@ -13,7 +13,8 @@ import pytest
 import jaxcoders
 from jaxcoders.analysis import cli, decoder, stats, tables
 from jaxcoders.config import CrossCoderConfig
-from jaxcoders.crosscoder import CrossCoder, CrossCoderParams, default_buffers
+from jaxcoders.core.module import CrossCoder
+from jaxcoders.core.params import CrossCoderParams, default_buffers
 from test_latent_scaling import planted_problem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,7 +194,7 @@ def test_open_activations_with_a_store(monkeypatch, tmp_path):
 
 def test_real_activation_store(tmp_path, fixtures_dir):
     """Latent Scaling and statistics straight from an ActivationStore (float32 and bfloat16 rows)."""
-    from jaxcoders.analysis import latent_scaling as ls
+    from jaxcoders.analysis import scaling as ls
     from jaxcoders.data.store import ActivationStore
 
     case = fixtures_dir / "batchtopk_crosscoder"

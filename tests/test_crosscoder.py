@@ -9,7 +9,8 @@ from flax import nnx
 
 import jaxcoders
 from jaxcoders.config import CodeNormalization, CrossCoderConfig
-from jaxcoders.crosscoder import CrossCoder, CrossCoderParams, default_buffers
+from jaxcoders.core.module import CrossCoder
+from jaxcoders.core.params import CrossCoderParams, default_buffers
 
 import ref_numpy
 
@@ -138,7 +139,7 @@ def test_fresh_init_options():
 
 
 def test_input_normalization_and_folding():
-    from jaxcoders.crosscoder import fold_normalization, normalization_buffers
+    from jaxcoders.core.params import fold_normalization, normalization_buffers
 
     for per_model in (False, True):
         model, x, _, _ = _random_model("DECOUPLED", "batchtopk", D=12)
@@ -160,7 +161,7 @@ def test_input_normalization_and_folding():
 
 
 def test_normalization_roundtrip_through_reference_layout(tmp_path):
-    from jaxcoders.crosscoder import normalization_buffers
+    from jaxcoders.core.params import normalization_buffers
 
     model, x, _, _ = _random_model("CROSSCODER", "batchtopk")
     rng = np.random.default_rng(2)

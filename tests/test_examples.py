@@ -13,7 +13,7 @@ import pytest
 import jaxcoders
 from jaxcoders.analysis import examples as exm
 from jaxcoders.config import CrossCoderConfig
-from jaxcoders.crosscoder import CrossCoder
+from jaxcoders.core.module import CrossCoder
 
 ROOT = Path(__file__).resolve().parent.parent
 D = 16
@@ -218,7 +218,7 @@ def test_decoupled_and_tied_channels(fixtures_dir):
     assert np.any(res["examples"]["act_base"] != res["examples"]["act_chat"])  # per-model codes differ
     assert len(res["examples"]["latent"]) > 0
 
-    from jaxcoders.tied import slot_statistics
+    from jaxcoders.analysis.slots import slot_statistics
 
     tied = CrossCoder(CrossCoderConfig(2, D, 12, architecture="tied"), rngs=__import__("flax").nnx.Rngs(0))
     mx = np.einsum("ncf,cf->nf", codes_np(tied, x), exm.channel_scales(tied.cfg, tied.params)).max(0)

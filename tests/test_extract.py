@@ -206,7 +206,7 @@ def _crash_at(monkeypatch, what, n):
         if (w, self._n[w]) == (what, n):
             raise _Crash(f"{what}:{n}")
 
-    monkeypatch.setattr(run_lib._Writer, "_maybe_kill", maybe_kill)
+    monkeypatch.setattr(run_lib.StoreFeeder, "_maybe_kill", maybe_kill)
 
 
 def test_kill_and_resume_equals_uninterrupted(env, monkeypatch):

@@ -40,7 +40,7 @@ def perfect_crosscoder(d: int = D, *, seed: int = 0, perturb: bool = False):
     decoded with the same ± unit vectors plus a random b_dec (different per model, so the
     decoder-bias difference matters)."""
     import jaxcoders
-    from jaxcoders.crosscoder import CrossCoderParams
+    from jaxcoders.core.params import CrossCoderParams
 
     F = 4 * d
     rng = np.random.default_rng(seed)
@@ -180,12 +180,12 @@ def _context(env, skip_first=0):
     import torch
 
     from jaxcoders.extract import text as text_lib
-    from jaxcoders.extract.run import _load_tokenizer
+    from jaxcoders.extract.models import load_tokenizer
     from jaxcoders.interventions.edits import EditContext
     from jaxcoders.interventions.splice import load_split_model
 
     base, chat = env["models"]["llama"]
-    tok = _load_tokenizer(chat, None, "--chat_model")
+    tok = load_tokenizer(chat, None, "--chat_model")
     conv = H.chat_conversations(2)[1]
     ids, cls = text_lib.encode_chats(tok, [conv], 64)[0]
     idt = torch.as_tensor(ids[None].astype(np.int64))
@@ -264,7 +264,7 @@ def test_bad_edit_names_and_latents(env):
 
 def test_latent_delta_in_raw_space_with_input_normalization():
     """A crosscoder that is perfect in its normalized space gives h_b + x̂_c − x̂_b = h_c in raw units."""
-    from jaxcoders.crosscoder import normalization_buffers
+    from jaxcoders.core.params import normalization_buffers
 
     rng = np.random.default_rng(1)
     model = perfect_crosscoder(8)

@@ -7,7 +7,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import jaxcoders
-from jaxcoders.io.safetensors import ReferenceFormatError
+from jaxcoders.io.reference import ReferenceFormatError
 
 MODEL_DIRS = [
     "l1_crosscoder/model", "l1_decoupled/model", "batchtopk_crosscoder/model", "batchtopk_decoupled/model",
@@ -40,7 +40,7 @@ def test_export_roundtrip_is_bit_exact(fixtures_dir, tmp_path, rel):
 
 
 def test_export_roundtrip_control_detects_perturbation(fixtures_dir, tmp_path):
-    from jaxcoders.crosscoder import CrossCoderParams
+    from jaxcoders.core.params import CrossCoderParams
 
     src = fixtures_dir / "batchtopk_crosscoder" / "model"
     model = jaxcoders.load_reference(src)
@@ -57,7 +57,7 @@ def test_fresh_model_export_layout(tmp_path):
     from flax import nnx
 
     from jaxcoders.config import CrossCoderConfig
-    from jaxcoders.crosscoder import CrossCoder
+    from jaxcoders.core.module import CrossCoder
 
     for arch, cn in (("l1", "CROSSCODER"), ("batchtopk", "DECOUPLED"), ("batchtopk", "MIXED")):
         m = CrossCoder(CrossCoderConfig(2, 8, 24, architecture=arch, code_normalization=cn, k=3), rngs=nnx.Rngs(0))

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import jaxcoders
-from jaxcoders.analysis import latent_scaling as ls
+from jaxcoders.analysis import scaling as ls
 from jaxcoders.config import CrossCoderConfig
-from jaxcoders.crosscoder import CrossCoder, CrossCoderParams, default_buffers
+from jaxcoders.core.module import CrossCoder
+from jaxcoders.core.params import CrossCoderParams, default_buffers
 
 CASES = ["l1_crosscoder", "batchtopk_crosscoder"]
 MODELS = ("base", "chat")
@@ -296,7 +297,7 @@ SHARDED_SCRIPT = textwrap.dedent(r"""
     import numpy as np, jax
     import jaxcoders
     from jax.sharding import PartitionSpec as P
-    from jaxcoders.analysis import latent_scaling as ls, stats, stream, make_mesh, _mesh
+    from jaxcoders.analysis import scaling as ls, stats, stream, make_mesh, mesh as meshes_lib
     assert len(jax.devices()) == 8, jax.devices()
     out = {}
     idx = [1, 8, 33]
@@ -308,7 +309,7 @@ SHARDED_SCRIPT = textwrap.dedent(r"""
         lab = {"cls": np.arange(len(z["x"])) % 3}
         # 2 x 4: tokens over 2 devices, latents (params, accumulators) over 4; all 8 devices in use
         meshes = {"1x1": make_mesh(1, 1, jax.devices()[:1]), "2x4": make_mesh(2, 4)}
-        assert _mesh.latent_spec((2, 2, 64), 64, meshes["2x4"]) == P(None, None, "latent")
+        assert meshes_lib.latent_spec((2, 2, 64), 64, meshes["2x4"]) == P(None, None, "latent")
         res = {}
         for name, mesh in meshes.items():
             # one pass feeding usage statistics, full Latent Scaling (+ mirror) and a subset

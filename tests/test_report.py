@@ -19,7 +19,8 @@ import pytest
 from jaxcoders.analysis import examples as exm
 from jaxcoders.analysis import report, tables
 from jaxcoders.config import CrossCoderConfig
-from jaxcoders.crosscoder import CrossCoder, CrossCoderParams, default_buffers
+from jaxcoders.core.module import CrossCoder
+from jaxcoders.core.params import CrossCoderParams, default_buffers
 from jaxcoders.data.store import ActivationStore, TokenClass
 
 ROOT = Path(__file__).resolve().parent.parent

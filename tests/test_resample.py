@@ -8,9 +8,11 @@ import pytest
 from flax import nnx
 
 from jaxcoders.config import CrossCoderConfig, TrainConfig
-from jaxcoders.crosscoder import CrossCoder
-from jaxcoders.resample import resample_dead_latents, sample_without_replacement, token_losses
-from jaxcoders.train import init_train_state, lr_schedule, make_train_step
+from jaxcoders.core.module import CrossCoder
+from jaxcoders.training.resample import resample_dead_latents, sample_without_replacement, token_losses
+from jaxcoders.training.state import init_train_state
+from jaxcoders.training.schedules import lr_schedule
+from jaxcoders.training.step import make_train_step
 
 
 def _setup(F=24, D=8, B=10, seed=0):

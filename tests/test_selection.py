@@ -15,14 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcoders import selection_pallas
-from jaxcoders.selection import (
-    METHODS,
-    batch_topk,
-    batch_topk_mask,
-    radix_select,
-    score_keys,
-)
+from jaxcoders.core.selection import pallas as selection_pallas
+from jaxcoders.core.selection.exact import METHODS, batch_topk, batch_topk_mask, radix_select, score_keys
 
 ACCEL = tuple(m for m in METHODS if m != "topk")
 
@@ -119,7 +113,7 @@ def test_vmap_decoupled():
 
 def test_crosscoder_select_train_with_radix():
     from jaxcoders.config import CodeNormalization, CrossCoderConfig
-    from jaxcoders.crosscoder import select_train
+    from jaxcoders.core.crosscoder import select_train
 
     rng = np.random.default_rng(3)
     f = np.round(np.maximum(rng.standard_normal((8, 40)), 0) * 2).astype(np.float32) / 2
@@ -201,7 +195,7 @@ def test_pallas_kernel_lowers_for_accelerators(platform):
 _SHARDED = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from jaxcoders.selection import batch_topk_mask, batch_topk_mask_sharded
+    from jaxcoders.core.selection.exact import batch_topk_mask, batch_topk_mask_sharded
     assert jax.device_count() == 8, jax.devices()
     rng = np.random.default_rng(0)
     B, F = 16, 64
@@ -231,7 +225,7 @@ _SHARDED = textwrap.dedent("""
                                   mesh=mesh, latent_axis=None)
     np.testing.assert_array_equal(np.asarray(got), ref(xs[3], 2))
     # per-row top-kk (auxk): sharded blocks equal lax.top_k's row selection, ties and -inf included
-    from jaxcoders.selection import row_topk_mask
+    from jaxcoders.core.selection.exact import row_topk_mask
     def row_ref(x, kk):
         m = np.zeros((B, F), bool); np.put_along_axis(m, np.asarray(jax.lax.top_k(jnp.asarray(x), kk)[1]), True, 1)
         return m
@@ -251,7 +245,7 @@ _SHARDED = textwrap.dedent("""
 
 def test_row_topk_mask_equals_lax_top_k_rows():
     """The auxk selection: same positions as lax.top_k per row (ties -> lower column, -inf rows)."""
-    from jaxcoders.selection import row_topk_mask
+    from jaxcoders.core.selection.exact import row_topk_mask
 
     rng = np.random.default_rng(3)
     B, F = 12, 40

@@ -8,17 +8,14 @@ import numpy as np
 import pytest
 
 from jaxcoders.config import CrossCoderConfig, TrainConfig
-from jaxcoders.crosscoder import CrossCoder, init_params
-from jaxcoders.losses import batchtopk_loss
-from jaxcoders.selection import batch_topk_mask
-from jaxcoders.sparse import (
-    _auxk_caps,
-    batchtopk_loss_sparse,
-    compact_mask,
-    decoder_mode,
-    select_entries,
-)
-from jaxcoders.train import init_train_state, make_train_step
+from jaxcoders.core.module import CrossCoder
+from jaxcoders.core.params import init_params
+from jaxcoders.core.losses import batchtopk_loss
+from jaxcoders.core.selection.exact import batch_topk_mask
+from jaxcoders.core.sparse_batchtopk import _auxk_caps, batchtopk_loss_sparse, decoder_mode
+from jaxcoders.core.selection.candidates import compact_mask, select_entries
+from jaxcoders.training.state import init_train_state
+from jaxcoders.training.step import make_train_step
 
 B, D, F = 64, 16, 256
 
@@ -226,9 +223,11 @@ def test_sparse_step_on_a_mesh_equals_single_device():
     script = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np
         from jaxcoders.config import CrossCoderConfig, TrainConfig
-        from jaxcoders.crosscoder import CrossCoder, init_params
-        from jaxcoders.train import init_train_state, make_train_step, shard_train_state
-        from jaxcoders import sharding as shd
+        from jaxcoders.core.module import CrossCoder
+        from jaxcoders.core.params import init_params
+        from jaxcoders.training.state import init_train_state, shard_train_state
+        from jaxcoders.training.step import make_train_step
+        from jaxcoders.training import sharding as shd
         B, D, F = 64, 16, 256
         cfg = CrossCoderConfig(2, D, F, architecture="batchtopk", k=4)
         params = init_params(cfg, jax.random.key(0))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxcoders.tensorboard import TensorBoardLog
+from jaxcoders.training.metrics import TensorBoardLog
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,11 @@ from flax import nnx
 
 import jaxcoders
 from jaxcoders.config import CrossCoderConfig, TrainConfig
-from jaxcoders.crosscoder import CrossCoder, CrossCoderParams
-from jaxcoders.tied import load_tied_reference, save_tied, slot_statistics, tied_loss, tied_train_config
+from jaxcoders.core.module import CrossCoder
+from jaxcoders.core.params import CrossCoderParams
+from jaxcoders.io.tied import load_tied_reference, save_tied
+from jaxcoders.analysis.slots import slot_statistics
+from jaxcoders.core.tied import tied_loss, tied_train_config
 from jaxcoders.toy.synthetic import SyntheticSpec, make_dictionary
 
 
@@ -103,7 +106,7 @@ def test_eta_above_one_prefers_shared_slots_in_training():
 
 def test_tied_trains_sharded_state_layout():
     """The encoder is stored latent-major so that sharding F keeps triples together."""
-    from jaxcoders import sharding as shd
+    from jaxcoders.training import sharding as shd
 
     cfg = CrossCoderConfig(2, 8, 16, architecture="tied")
     m = CrossCoder(cfg, rngs=nnx.Rngs(0))

@@ -11,8 +11,8 @@ from flax import nnx
 
 import jaxcoders
 from jaxcoders.config import CrossCoderConfig, TrainConfig
-from jaxcoders.crosscoder import CrossCoder
-from jaxcoders.tied import tied_train_config
+from jaxcoders.core.module import CrossCoder
+from jaxcoders.core.tied import tied_train_config
 from jaxcoders.toy.synthetic import SyntheticSpec, make_dictionary, recovery
 
 ROOT = Path(__file__).resolve().parents[1]

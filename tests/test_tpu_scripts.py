@@ -219,7 +219,7 @@ def test_sync_dry_run_and_the_pack_command(tmp_path):
     pack = sh("sync.sh", "--dry-run", **POD, TMPDIR=str(tmp_path)).stdout.splitlines()[0]
     subprocess.run(["bash", "-o", "pipefail", "-c", pack], check=True, timeout=60)
     names = subprocess.run(["tar", "-tzf", str(archive)], capture_output=True, text=True, check=True).stdout.split()
-    assert "tpu/run.sh" in names and "pyproject.toml" in names and "jaxcoders/sharding.py" in names
+    assert "tpu/run.sh" in names and "pyproject.toml" in names and "jaxcoders/training/sharding.py" in names
     assert not any(n.startswith((".venv/", ".git/")) or "__pycache__" in n for n in names)
 
 

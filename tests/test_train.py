@@ -8,9 +8,10 @@ from safetensors.numpy import load_file
 
 import jaxcoders
 from jaxcoders.config import CrossCoderConfig, TrainConfig
-from jaxcoders.crosscoder import CrossCoder, CrossCoderParams
-from jaxcoders.io.safetensors import reference_tensors
-from jaxcoders.train import geometric_median, k_at_step, lr_schedule
+from jaxcoders.core.module import CrossCoder
+from jaxcoders.core.params import CrossCoderParams
+from jaxcoders.io.reference import reference_tensors
+from jaxcoders.training.schedules import geometric_median, k_at_step, lr_schedule
 
 CASES = ["train_l1_crosscoder", "train_l1_decoupled", "train_batchtopk_crosscoder", "train_batchtopk_decoupled"]
 WEIGHTS = ["encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias"]
@@ -77,7 +78,9 @@ def test_training_control_perturbed_init_fails(fixtures_dir, case):
 @pytest.mark.accelerator
 def test_threshold_and_dead_counts_follow_reference(fixtures_dir):
     """Per-step theta and dead counts (meta.json) through the step function directly."""
-    from jaxcoders.train import init_train_state, make_train_step, _geometric_median_jit
+    from jaxcoders.training.state import init_train_state
+    from jaxcoders.training.step import make_train_step
+    from jaxcoders.training.fit import _geometric_median_jit
 
     d = fixtures_dir / "train_batchtopk_decoupled"
     meta = json.loads((d / "meta.json").read_text())
@@ -163,7 +166,7 @@ def test_exactly_reconstructed_token_has_finite_gradient():
     import jax
     from flax import nnx
 
-    from jaxcoders.losses import l1_loss
+    from jaxcoders.core.losses import l1_loss
 
     cfg = CrossCoderConfig(2, 8, 16, architecture="l1")
     model = CrossCoder(cfg, rngs=nnx.Rngs(0))

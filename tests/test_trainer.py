@@ -63,9 +63,11 @@ def test_sharded_step_equals_single_device():
         import jax, jax.numpy as jnp, numpy as np
         from flax import nnx
         from jaxcoders.config import CrossCoderConfig, TrainConfig
-        from jaxcoders.crosscoder import CrossCoder, select_train, encode_relu, code_normalization
-        from jaxcoders import sharding as shd
-        from jaxcoders.train import init_train_state, make_train_step, shard_train_state
+        from jaxcoders.core.module import CrossCoder
+        from jaxcoders.core.crosscoder import select_train, encode_relu, code_normalization
+        from jaxcoders.training import sharding as shd
+        from jaxcoders.training.state import init_train_state, shard_train_state
+        from jaxcoders.training.step import make_train_step
         assert jax.device_count() == 8
         for arch, cn, resample in [("batchtopk", "CROSSCODER", None), ("batchtopk", "DECOUPLED", None),
                                    ("l1", "CROSSCODER", None), ("l1", "CROSSCODER", 2)]:
@@ -182,7 +184,7 @@ def test_bad_input_errors(tmp_path, acts_file, ref_run):
                        text=True, env=_env(), timeout=600)
     assert r.returncode != 0 and "different config" in r.stderr and "model.k" in r.stderr
 
-    from jaxcoders import sharding as shd
+    from jaxcoders.training import sharding as shd
     from jaxcoders.config import CrossCoderConfig
 
     with pytest.raises(ValueError, match="devices"):

@@ -1,8 +1,7 @@
 """jaxcoders.analysis: streaming latent analyses (Latent Scaling, usage statistics, decoder metrics).
 
-Exports are lazy so importing a submodule stays cheap. Latent Scaling itself is
-`jaxcoders.latent_scaling` (= `jaxcoders.analysis.latent_scaling.latent_scaling`; the submodule
-shares the name, so it is not re-exported here)."""
+Exports are lazy so importing a submodule stays cheap. Latent Scaling is
+`jaxcoders.analysis.latent_scaling` (= `jaxcoders.latent_scaling`, in the submodule `scaling`)."""
 from __future__ import annotations
 
 import importlib
@@ -14,7 +13,8 @@ _LAZY = {
     "write_outputs": "jaxcoders.analysis.tables",
     "summary_line": "jaxcoders.analysis.tables",
     "run_pass": "jaxcoders.analysis.stream",
-    "make_mesh": "jaxcoders.analysis._mesh",
+    "make_mesh": "jaxcoders.analysis.mesh",
+    "latent_scaling": "jaxcoders.analysis.scaling",
     "collect_examples": "jaxcoders.analysis.examples",
     "write_examples": "jaxcoders.analysis.examples",
     "load_examples": "jaxcoders.analysis.examples",

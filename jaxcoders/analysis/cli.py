@@ -78,6 +78,6 @@ def open_activations(store: Optional[str] = None, acts: Optional[str] = None, la
 
 
 def mesh_from_flags(latent: int = 1):
-    from jaxcoders.analysis._mesh import make_mesh
+    from jaxcoders.analysis.mesh import make_mesh
 
     return make_mesh(latent=latent)

@@ -84,8 +84,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from jaxcoders import crosscoder as cx
-from jaxcoders.analysis import _mesh, decoder, stream
+from jaxcoders.core.crosscoder import code_normalization, encode, normalize_input, summed_code_normalization
+from jaxcoders.core.ops import matmul
+from jaxcoders.core.params import CrossCoderBuffers, CrossCoderParams
+from jaxcoders.analysis import decoder, stream
+from jaxcoders.analysis import mesh as meshes
 
 FORMAT = "jaxcoders.max_activating_examples"
 FORMAT_VERSION = 1
@@ -111,7 +114,7 @@ def load_model(model):
         if p.is_dir() and not tied and not (p / "config.json").is_file() and list(p.glob("*_cfg.json")):
             tied = True
         if tied:
-            from jaxcoders.tied import load_tied_reference
+            from jaxcoders.io.tied import load_tied_reference
 
             model = load_tied_reference(p)
     return stream.resolve_model(model)
@@ -120,7 +123,7 @@ def load_model(model):
 def code_channels(cfg) -> tuple[str, ...]:
     """Names of the per-token codes kept on device: one shared code, per model (DECOUPLED) or per slot (tied)."""
     if cfg.is_tied:
-        from jaxcoders.tied import SLOTS
+        from jaxcoders.core.crosscoder import SLOTS
 
         return SLOTS
     if cfg.is_batchtopk and cfg.decoupled:
@@ -141,7 +144,7 @@ def channel_scales(cfg, params) -> np.ndarray:
         return np.stack([n[0] + n[1], n[0], n[1]])
     if cfg.is_batchtopk and cfg.decoupled:
         return n  # c_m = n_m
-    return np.asarray(cx.summed_code_normalization(cfg, jnp.asarray(w, jnp.float32)), np.float64)[None]
+    return np.asarray(summed_code_normalization(cfg, jnp.asarray(w, jnp.float32)), np.float64)[None]
 
 
 def channel_values(cfg, params, codes_ECW: np.ndarray, latents: np.ndarray, norms_scales=None) -> dict:
@@ -167,7 +170,7 @@ def channel_values(cfg, params, codes_ECW: np.ndarray, latents: np.ndarray, norm
 
 
 def _codes_BCF(cfg, params, buffers, x_BMD):
-    f = cx.encode(cfg, params, buffers, x_BMD)
+    f = encode(cfg, params, buffers, x_BMD)
     return f[:, None, :] if f.ndim == 2 else f
 
 
@@ -316,13 +319,13 @@ def _step(params, buffers, consts, state, x_BMD, valid_B, fresh_B, seg_B, seg_st
     new["score"], new["value"], new["row"] = _merge(state["score"], state["value"], state["row"], cand, segmax,
                                                     row0 + jnp.minimum(argmax, B - 1))
     specs = {k: _latent_last(v.shape, mesh) for k, v in new.items()}
-    return {k: jax.lax.with_sharding_constraint(v, _mesh.sharding(mesh, *specs[k])) for k, v in new.items()}
+    return {k: jax.lax.with_sharding_constraint(v, meshes.sharding(mesh, *specs[k])) for k, v in new.items()}
 
 
 def _latent_last(shape, mesh) -> P:
-    n = _mesh.axis_size(mesh, _mesh.LATENT)
+    n = meshes.axis_size(mesh, meshes.LATENT)
     if shape and n > 1 and shape[-1] % n == 0:
-        return P(*([None] * (len(shape) - 1)), _mesh.LATENT)
+        return P(*([None] * (len(shape) - 1)), meshes.LATENT)
     return P()
 
 
@@ -437,15 +440,15 @@ def max_activations(model, acts, *, batch_size: int = 4096, mesh=None, max_rows:
                     progress: bool = False) -> np.ndarray:
     """Per-latent max of the ranking activation over the rows (F,) float64: an encode-only pass."""
     cfg, params, buffers = load_model(model)
-    mesh = mesh if mesh is not None else _mesh.make_mesh()
-    n_data = _mesh.axis_size(mesh, _mesh.DATA)
+    mesh = mesh if mesh is not None else meshes.make_mesh()
+    n_data = meshes.axis_size(mesh, meshes.DATA)
     B = -(-int(batch_size) // n_data) * n_data
-    p_d = jax.device_put(cx.CrossCoderParams(*(np.asarray(a, np.float32) for a in params)),
-                         jax.tree.map(lambda s: _mesh.sharding(mesh, *s), _mesh.param_specs()))
-    b_d = jax.device_put(buffers, _mesh.sharding(mesh))
+    p_d = jax.device_put(CrossCoderParams(*(np.asarray(a, np.float32) for a in params)),
+                         jax.tree.map(lambda s: meshes.sharding(mesh, *s), meshes.param_specs()))
+    b_d = jax.device_put(buffers, meshes.sharding(mesh))
     scales = channel_scales(cfg, params).astype(np.float32)
-    sc = jax.device_put(scales, _mesh.sharding(mesh, *_latent_last(scales.shape, mesh)))
-    m = jax.device_put(np.zeros(cfg.dict_size, np.float32), _mesh.sharding(mesh, *_latent_last((cfg.dict_size,), mesh)))
+    sc = jax.device_put(scales, meshes.sharding(mesh, *_latent_last(scales.shape, mesh)))
+    m = jax.device_put(np.zeros(cfg.dict_size, np.float32), meshes.sharding(mesh, *_latent_last((cfg.dict_size,), mesh)))
     bar = _bar(progress, stream.num_rows(acts) if max_rows is None else max_rows, "max pass")
     for x, _ in stream.iter_batches(acts, B, max_rows=max_rows):
         n = len(x)
@@ -453,8 +456,8 @@ def max_activations(model, acts, *, batch_size: int = 4096, mesh=None, max_rows:
         valid[:n] = 1
         if n < B:
             x = np.concatenate([x, np.zeros((B - n,) + x.shape[1:], x.dtype)])
-        m = _max_step(p_d, b_d, sc, m, jax.device_put(x, _mesh.sharding(mesh, *_mesh.batch_spec())),
-                      jax.device_put(valid, _mesh.sharding(mesh, _mesh.DATA)), cfg=cfg)
+        m = _max_step(p_d, b_d, sc, m, jax.device_put(x, meshes.sharding(mesh, *meshes.batch_spec())),
+                      jax.device_put(valid, meshes.sharding(mesh, meshes.DATA)), cfg=cfg)
         if bar:
             bar.update(n)
     if bar:
@@ -527,8 +530,8 @@ def collect_examples(model, acts, *, rows: Optional[dict] = None, latents=None, 
         raise ValueError("no latents selected: nothing to collect")
     if lat.min() < 0 or lat.max() >= F:
         raise ValueError(f"latent indices must be in [0, {F})")
-    mesh = mesh if mesh is not None else _mesh.make_mesh()
-    n_data, n_lat = _mesh.axis_size(mesh, _mesh.DATA), _mesh.axis_size(mesh, _mesh.LATENT)
+    mesh = mesh if mesh is not None else meshes.make_mesh()
+    n_data, n_lat = meshes.axis_size(mesh, meshes.DATA), meshes.axis_size(mesh, meshes.LATENT)
     if cfg.encoder_width % n_lat:
         raise ValueError(f"dict_size {F} is not divisible by the mesh's latent axis ({n_lat})")
     B = -(-int(batch_size) // n_data) * n_data
@@ -562,11 +565,11 @@ def collect_examples(model, acts, *, rows: Optional[dict] = None, latents=None, 
         raise ValueError(f"max_activation has {max_activation.size} entries; the crosscoder has {F} latents")
 
     lat_spec = _latent_last((S,), mesh)
-    put = lambda a, spec_: jax.device_put(a, _mesh.sharding(mesh, *spec_))
-    p_d = jax.device_put(cx.CrossCoderParams(*(np.asarray(a, np.float32) for a in params)),
-                         jax.tree.map(lambda s: _mesh.sharding(mesh, *s), _mesh.param_specs()))
-    b_d = jax.device_put(cx.CrossCoderBuffers(*(np.asarray(a, np.float32) if np.asarray(a).dtype.kind == "f"
-                                                else np.asarray(a) for a in buffers)), _mesh.sharding(mesh))
+    put = lambda a, spec_: jax.device_put(a, meshes.sharding(mesh, *spec_))
+    p_d = jax.device_put(CrossCoderParams(*(np.asarray(a, np.float32) for a in params)),
+                         jax.tree.map(lambda s: meshes.sharding(mesh, *s), meshes.param_specs()))
+    b_d = jax.device_put(CrossCoderBuffers(*(np.asarray(a, np.float32) if np.asarray(a).dtype.kind == "f"
+                                                else np.asarray(a) for a in buffers)), meshes.sharding(mesh))
     edges = np.asarray(fractions[:-1] if not above else fractions[:-1] + (fractions[-1] * (1 + ABOVE_MARGIN),))
     thr = max_activation[lat][None, :] * edges[:, None]
     thr = thr.reshape(-1, S).astype(np.float32)
@@ -576,7 +579,7 @@ def collect_examples(model, acts, *, rows: Optional[dict] = None, latents=None, 
     state = {k: put(v, _latent_last(v.shape, mesh)) for k, v in _init_state(spec, S, C).items()}
     counters = {"sequences": 0, "duplicates": 0}
     M, D = cfg.num_models, cfg.activation_dim
-    row_sh, x_sh = _mesh.sharding(mesh, _mesh.DATA), _mesh.sharding(mesh, *_mesh.batch_spec())
+    row_sh, x_sh = meshes.sharding(mesh, meshes.DATA), meshes.sharding(mesh, *meshes.batch_spec())
     bar = _bar(progress, stop, "examples pass")
     block = int(block_rows or max(16 * B, 1 << 16))
     gen = _batches(info, B, G, stop, dedup, counters, max(block, B))
@@ -660,14 +663,14 @@ def _source_meta(acts, class_names) -> dict:
 
 def _latent_codes(cfg, params, buffers, pre, lat):
     """Codes (..., C) of latents `lat` (broadcast against pre) from their pre-activations: pre (...)
-    (pre (..., 3) for the tied slots). The inference semantics of `cx.encode`, one latent at a time
+    (pre (..., 3) for the tied slots). The inference semantics of `encode`, one latent at a time
     (BatchTopK's threshold f·c > θ is per entry)."""
     f = jax.nn.relu(pre)
     if cfg.is_tied:
         return f
     if not cfg.is_batchtopk:
         return f[..., None]
-    c = cx.code_normalization(cfg, params.w_dec_MFD)
+    c = code_normalization(cfg, params.w_dec_MFD)
     if cfg.decoupled:
         return jnp.stack([f * (f * c[m][lat] > buffers.threshold[m]) for m in range(c.shape[0])], axis=-1)
     return (f * (f * c[lat] > buffers.threshold))[..., None]
@@ -685,10 +688,10 @@ def _encoder_columns(cfg, params, lat):
 def _window_codes(params, buffers, x_UMD, rows_EW, lat_E, *, cfg):
     """Codes (E, C, W) of latent lat_E[e] at the rows x_UMD[rows_EW[e]]: one encoder column per
     example, E·W·M·D·C work (scattered windows of many different latents)."""
-    x = cx.normalize_input(cfg, buffers, x_UMD.astype(jnp.float32))[rows_EW]  # (E, W, M, D)
+    x = normalize_input(cfg, buffers, x_UMD.astype(jnp.float32))[rows_EW]  # (E, W, M, D)
     w, b = _encoder_columns(cfg, params, lat_E)
     eq = "ewmd,mdek->ewk" if cfg.is_tied else "ewmd,mde->ew"
-    pre = cx._matmul(cfg, eq, x, w) + b[:, None]
+    pre = matmul(cfg, eq, x, w) + b[:, None]
     return jnp.moveaxis(_latent_codes(cfg, params, buffers, pre, lat_E[:, None]), -1, 1)
 
 
@@ -696,9 +699,9 @@ def _window_codes(params, buffers, x_UMD, rows_EW, lat_E, *, cfg):
 def _window_codes_dense(params, buffers, x_UMD, rows_EW, lat_L, pos_E, *, cfg):
     """The same as `_window_codes` through the dense (U, L) codes of the chunk's distinct rows and
     latents (lat_L, pos_E = example e's index into it): U·L·M·D work, for overlapping windows."""
-    x = cx.normalize_input(cfg, buffers, x_UMD.astype(jnp.float32))
+    x = normalize_input(cfg, buffers, x_UMD.astype(jnp.float32))
     w, b = _encoder_columns(cfg, params, lat_L)
-    pre = cx._matmul(cfg, "umd,mdlk->ulk" if cfg.is_tied else "umd,mdl->ul", x, w) + b
+    pre = matmul(cfg, "umd,mdlk->ulk" if cfg.is_tied else "umd,mdl->ul", x, w) + b
     codes = _latent_codes(cfg, params, buffers, pre, lat_L[None, :])  # (U, L, C)
     return jnp.moveaxis(codes[rows_EW, pos_E[:, None]], -1, 1)
 
@@ -726,8 +729,8 @@ def _finalize_examples(model, info: RowInfo, st: dict, spec: Spec, lat: np.ndarr
            "dataset_id": np.full(E, -1, np.int16), "token_class": np.full(E, -1, np.int16),
            "token_ids": np.full((E, W), -1, np.int32)}
     chans = {f"act_{c}": np.zeros((E, W), np.float32) for c in output_channels(cfg)}
-    p_d = cx.CrossCoderParams(*(jnp.asarray(a, jnp.float32) for a in params))
-    b_d = cx.CrossCoderBuffers(*(jnp.asarray(a) for a in buffers))
+    p_d = CrossCoderParams(*(jnp.asarray(a, jnp.float32) for a in params))
+    b_d = CrossCoderBuffers(*(jnp.asarray(a) for a in buffers))
     by_row = np.argsort(row, kind="stable")
     norms_scales = (np.linalg.norm(np.asarray(params.w_dec_MFD, np.float64), axis=-1), channel_scales(cfg, params))
     M, D = cfg.num_models, cfg.activation_dim
@@ -798,7 +801,7 @@ def _latent_columns(model, st, spec, lat, max_activation, buckets, meta, num_tok
         for i, c in enumerate(chans):
             cols[f"count_{'slot_' if cfg.is_tied else 'model_'}{c}"] = code[i]
     if cfg.is_tied:
-        from jaxcoders.tied import slot_ratio
+        from jaxcoders.core.tied import slot_ratio
 
         cols["r_base"] = slot_ratio(code[1], code[0])
         cols["r_chat"] = slot_ratio(code[2], code[0])

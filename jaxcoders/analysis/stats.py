@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcoders import crosscoder as cx
+from jaxcoders.core.crosscoder import code_normalization
 from jaxcoders.analysis import stream
 from jaxcoders.analysis.stream import kahan_add, kahan_init, kahan_value
 
@@ -62,7 +62,7 @@ class UsageStatsAccumulator:
     def update(self, cfg, params, aux, state, fwd):
         f, valid = fwd.f, fwd.valid_B
         dt = fwd.x_BMD.dtype
-        c = cx.code_normalization(cfg, params.w_dec_MFD)
+        c = code_normalization(cfg, params.w_dec_MFD)
         if f.ndim == 3:  # DECOUPLED: per-model codes, reported activation summed over models
             act = jnp.sum(f * c[None], axis=1)
             active_MF = jnp.sum(f != 0, axis=0, dtype=jnp.uint32)

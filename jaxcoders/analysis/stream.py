@@ -41,8 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxcoders import crosscoder as cx
-from jaxcoders.analysis import _mesh
+from jaxcoders.core.crosscoder import code_normalization, normalize_input, select_threshold
+from jaxcoders.core.ops import bf16_product
+from jaxcoders.core.params import CrossCoderBuffers, CrossCoderParams
+from jaxcoders.analysis import mesh as meshes
 from jaxcoders.config import CrossCoderConfig
 
 DTYPES = ("float32", "float64")
@@ -68,10 +70,10 @@ def find_reference_dir(path: os.PathLike | str) -> Path:
     )
 
 
-def resolve_model(model) -> tuple[CrossCoderConfig, cx.CrossCoderParams, cx.CrossCoderBuffers]:
+def resolve_model(model) -> tuple[CrossCoderConfig, CrossCoderParams, CrossCoderBuffers]:
     """(cfg, params, buffers) from a `CrossCoder`, such a triple, or a path (reference dir or workdir)."""
     if isinstance(model, (str, os.PathLike)):
-        from jaxcoders.io.safetensors import load_reference
+        from jaxcoders.io.reference import load_reference
 
         model = load_reference(find_reference_dir(model))
     if isinstance(model, tuple) and len(model) == 3:
@@ -80,8 +82,8 @@ def resolve_model(model) -> tuple[CrossCoderConfig, cx.CrossCoderParams, cx.Cros
         cfg, params, buffers = model.cfg, model.params, model.buffers
     else:
         raise TypeError(f"expected a CrossCoder, a (cfg, params, buffers) triple or a path; got {type(model)}")
-    params = cx.CrossCoderParams(*(np.asarray(a) for a in params))
-    buffers = cx.CrossCoderBuffers(*(np.asarray(a) for a in buffers))
+    params = CrossCoderParams(*(np.asarray(a) for a in params))
+    buffers = CrossCoderBuffers(*(np.asarray(a) for a in buffers))
     return cfg, params, buffers
 
 
@@ -112,21 +114,21 @@ def _mm(cfg: CrossCoderConfig, eq: str, a, b):
     if a.dtype == jnp.float64:
         return jnp.einsum(eq, a, b, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float64)
     if cfg.compute_dtype == "bfloat16":
-        return cx.bf16_product(eq, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
+        return bf16_product(eq, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
     return jnp.einsum(eq, a, b, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
 
 
-def forward(cfg: CrossCoderConfig, params: cx.CrossCoderParams, buffers: cx.CrossCoderBuffers, x_BMD, valid_B,
+def forward(cfg: CrossCoderConfig, params: CrossCoderParams, buffers: CrossCoderBuffers, x_BMD, valid_B,
             labels=None) -> Forward:
     """The model's inference code and reconstruction, in the dtype of x (the math of
     `jaxcoders.crosscoder.encode`/`decode`, kept dtype-generic so float64 mode stays float64)."""
-    x_BMD = cx.normalize_input(cfg, buffers, x_BMD)
+    x_BMD = normalize_input(cfg, buffers, x_BMD)
     f_BF = jax.nn.relu(_mm(cfg, "bmd,mdf->bf", x_BMD, params.w_enc_MDF) + params.b_enc_F)
     f_BF = f_BF * valid_B[:, None]
     f = f_BF
     if cfg.is_batchtopk:
-        c = cx.code_normalization(cfg, params.w_dec_MFD)
-        f = cx.select_threshold(cfg, f_BF, c, buffers.threshold)
+        c = code_normalization(cfg, params.w_dec_MFD)
+        f = select_threshold(cfg, f_BF, c, buffers.threshold)
     eq = "bf,mfd->bmd" if f.ndim == 2 else "bmf,mfd->bmd"
     xhat_BMD = _mm(cfg, eq, f, params.w_dec_MFD) + params.b_dec_MD
     return Forward(x_BMD, f, xhat_BMD, valid_B, labels or {})
@@ -269,7 +271,7 @@ def iter_batches(acts, batch_size: int, *, labels: Optional[dict] = None, max_ro
 
 
 def _state_specs(tree, num_latents: int, mesh: Mesh):
-    return jax.tree.map(lambda a: _mesh.latent_spec(tuple(np.shape(a)), num_latents, mesh), tree)
+    return jax.tree.map(lambda a: meshes.latent_spec(tuple(np.shape(a)), num_latents, mesh), tree)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "accs", "mesh"), donate_argnames=("states",))
@@ -281,7 +283,7 @@ def _step(params, buffers, auxs, states, bad, x_BMD, valid_B, labels, *, cfg, ac
     fwd = forward(cfg, params, buffers, x, valid_B.astype(dtype), labels)
     new = tuple(acc.update(cfg, params, aux, st, fwd) for acc, aux, st in zip(accs, auxs, states))
     specs = _state_specs(new, cfg.dict_size, mesh)
-    new = jax.tree.map(lambda a, s: jax.lax.with_sharding_constraint(a, _mesh.sharding(mesh, *s)), new, specs)
+    new = jax.tree.map(lambda a, s: jax.lax.with_sharding_constraint(a, meshes.sharding(mesh, *s)), new, specs)
     return new, bad
 
 
@@ -289,13 +291,13 @@ def _prepare(cfg, params, buffers, accs, dtype: str, mesh: Mesh):
     """Model state in the pass dtype and accumulator aux/state, placed on the mesh (call inside
     the pass's x64 context). Returns (params, buffers, host auxs, device auxs, device states)."""
     np_dtype = np.float64 if dtype == "float64" else np.float32
-    put = lambda tree, specs: jax.tree.map(lambda a, s: jax.device_put(a, _mesh.sharding(mesh, *s)), tree, specs)
-    params_np = cx.CrossCoderParams(*(np.asarray(a, np_dtype) for a in params))
-    buffers_np = cx.CrossCoderBuffers(*(np.asarray(a, np_dtype) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
+    put = lambda tree, specs: jax.tree.map(lambda a, s: jax.device_put(a, meshes.sharding(mesh, *s)), tree, specs)
+    params_np = CrossCoderParams(*(np.asarray(a, np_dtype) for a in params))
+    buffers_np = CrossCoderBuffers(*(np.asarray(a, np_dtype) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
                                         for a in buffers))
     auxs_np = tuple(acc.aux(cfg, params_np) for acc in accs)
     states_np = tuple(acc.init(cfg, aux, np_dtype) for acc, aux in zip(accs, auxs_np))
-    return (put(params_np, _mesh.param_specs()), put(buffers_np, _mesh.buffer_specs()), auxs_np,
+    return (put(params_np, meshes.param_specs()), put(buffers_np, meshes.buffer_specs()), auxs_np,
             put(auxs_np, _state_specs(auxs_np, cfg.dict_size, mesh)),
             put(states_np, _state_specs(states_np, cfg.dict_size, mesh)))
 
@@ -326,8 +328,8 @@ def run_pass(model, acts, accumulators, *, batch_size: int = 4096, dtype: str = 
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     cfg, params, buffers = resolve_model(model)
     accs = tuple(accumulators)
-    mesh = mesh if mesh is not None else _mesh.make_mesh()
-    n_data, n_lat = _mesh.axis_size(mesh, _mesh.DATA), _mesh.axis_size(mesh, _mesh.LATENT)
+    mesh = mesh if mesh is not None else meshes.make_mesh()
+    n_data, n_lat = meshes.axis_size(mesh, meshes.DATA), meshes.axis_size(mesh, meshes.LATENT)
     if cfg.dict_size % n_lat:
         raise ValueError(f"dict_size {cfg.dict_size} is not divisible by the mesh's latent axis ({n_lat}); "
                          "choose a latent axis size that divides F")
@@ -335,9 +337,9 @@ def run_pass(model, acts, accumulators, *, batch_size: int = 4096, dtype: str = 
     t0 = time.perf_counter()
     with jax.enable_x64(dtype == "float64"):
         params_d, buffers_d, auxs_np, auxs, states = _prepare(cfg, params, buffers, accs, dtype, mesh)
-        bad = jax.device_put(np.zeros((), np.int32), _mesh.sharding(mesh))
-        x_sh = _mesh.sharding(mesh, *_mesh.batch_spec())
-        row_sh = _mesh.sharding(mesh, _mesh.DATA)
+        bad = jax.device_put(np.zeros((), np.int32), meshes.sharding(mesh))
+        x_sh = meshes.sharding(mesh, *meshes.batch_spec())
+        row_sh = meshes.sharding(mesh, meshes.DATA)
         label_names = tuple(sorted((labels or {}).keys()))
 
         total = num_rows(acts)
@@ -413,7 +415,7 @@ def step_memory(model, accumulators, *, batch_size: int, dtype: str = "float32",
     """XLA's memory analysis of one compiled step (bytes): arguments, outputs, temporaries."""
     cfg, params, buffers = resolve_model(model)
     accs = tuple(accumulators)
-    mesh = mesh if mesh is not None else _mesh.make_mesh()
+    mesh = mesh if mesh is not None else meshes.make_mesh()
     with jax.enable_x64(dtype == "float64"):
         params_d, buffers_d, _, auxs, states = _prepare(cfg, params, buffers, accs, dtype, mesh)
         x = np.zeros((batch_size, cfg.num_models, cfg.activation_dim), np.float32)
@@ -430,15 +432,15 @@ def step_timer(model, accumulators, *, batch_size: int, dtype: str = "float32", 
     batch (no host reads or transfers): the compute cost of a pass per `batch_size` tokens."""
     cfg, params, buffers = resolve_model(model)
     accs = tuple(accumulators)
-    mesh = mesh if mesh is not None else _mesh.make_mesh()
+    mesh = mesh if mesh is not None else meshes.make_mesh()
     x = np.random.default_rng(seed).standard_normal((batch_size, cfg.num_models, cfg.activation_dim), np.float32)
 
     def run(steps: int) -> float:
         with jax.enable_x64(dtype == "float64"):
             params_d, buffers_d, _, auxs, states = _prepare(cfg, params, buffers, accs, dtype, mesh)
-            bad = jax.device_put(np.zeros((), np.int32), _mesh.sharding(mesh))
-            x_d = jax.device_put(x, _mesh.sharding(mesh, *_mesh.batch_spec()))
-            valid = jax.device_put(np.ones((batch_size,), np.float32), _mesh.sharding(mesh, _mesh.DATA))
+            bad = jax.device_put(np.zeros((), np.int32), meshes.sharding(mesh))
+            x_d = jax.device_put(x, meshes.sharding(mesh, *meshes.batch_spec()))
+            valid = jax.device_put(np.ones((batch_size,), np.float32), meshes.sharding(mesh, meshes.DATA))
             step = functools.partial(_step, cfg=cfg, accs=accs, mesh=mesh)
             states, bad = step(params_d, buffers_d, auxs, states, bad, x_d, valid, {})  # compile / warm up
             jax.block_until_ready(states)

@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from jaxcoders.analysis import decoder, latent_scaling as ls, stats, stream
+from jaxcoders.analysis import decoder, scaling as ls, stats, stream
 
 NU_ERROR_MAX, NU_RECON_MAX, DELTA_MIN = 0.2, 0.5, 0.9
 

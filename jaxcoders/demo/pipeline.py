@@ -157,10 +157,12 @@ def train_crosscoders(cfg: DemoConfig, store, log: Callable) -> dict:
     from flax import nnx
 
     from jaxcoders.config import CrossCoderConfig, TrainConfig
-    from jaxcoders.crosscoder import CrossCoder, normalization_buffers
+    from jaxcoders.core.module import CrossCoder
+    from jaxcoders.core.params import normalization_buffers
     from jaxcoders.data.loader import Loader
-    from jaxcoders.io.safetensors import save_reference
-    from jaxcoders.trainer import RunConfig, train_and_evaluate
+    from jaxcoders.io.reference import save_reference
+    from jaxcoders.config import RunConfig
+    from jaxcoders.training.loop import train_and_evaluate
 
     D, T, B = store.d_model, cfg.steps, cfg.batch_size
     st = store.stats
@@ -252,7 +254,7 @@ def latent_token_pass(model, store, tags: np.ndarray, *, top_n: int = 5, batch_s
     import jax
     import jax.numpy as jnp
 
-    from jaxcoders.crosscoder import scaled_activations
+    from jaxcoders.core.crosscoder import scaled_activations
 
     cfg, params, buffers = model.cfg, model.params, model.buffers
     act_fn = jax.jit(lambda x: scaled_activations(cfg, params, buffers, x))

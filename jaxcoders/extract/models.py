@@ -166,3 +166,19 @@ class LayerActivations:
                 h = self.final_norm(h)
         self._captured = None
         return h
+
+
+def load_tokenizer(name: str, revision: str | None, flag: str):
+    """`AutoTokenizer.from_pretrained`; a failure becomes one ModelError naming the flag."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, revision=revision)
+    except Exception as e:
+        raise ModelError(f"could not load the tokenizer of {flag}={name}: {first_line(e)}") from e
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message (or its type name)."""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__

@@ -46,7 +46,8 @@ from jaxcoders.extract.config import (  # noqa: F401 - re-exported: the extracti
     DatasetSpec, ExtractConfig, dataset_specs, per_dataset, round_docs)
 from jaxcoders.extract.models import ModelError
 from jaxcoders.extract.text import DataError
-from jaxcoders.extract.writer import ExtractionError, _first_line, _Writer  # noqa: F401
+from jaxcoders.extract.models import first_line
+from jaxcoders.extract.writer import ExtractionError, StoreFeeder
 
 log = logging.getLogger("jaxcoders.extract")
 
@@ -262,8 +263,8 @@ def run_extraction(cfg: ExtractConfig) -> str:
              "--chat_model": models_lib.load_config(cfg.chat_model, cfg.chat_revision, "--chat_model")}
     models_lib.check_layer(cfg.layer, infos)
     d_model = infos["--base_model"].d_model
-    base_tok, chat_tok = _load_tokenizer(cfg.base_model, cfg.base_revision, "--base_model"), \
-        _load_tokenizer(cfg.chat_model, cfg.chat_revision, "--chat_model")
+    base_tok, chat_tok = models_lib.load_tokenizer(cfg.base_model, cfg.base_revision, "--base_model"), \
+        models_lib.load_tokenizer(cfg.chat_model, cfg.chat_revision, "--chat_model")
     if any(d.kind == "chat" for d in cfg.datasets) and not getattr(chat_tok, "chat_template", None):
         raise DataError(f"--chat_model={cfg.chat_model} has no chat template, needed for --chat_column data.")
     if existing is not None:
@@ -315,15 +316,6 @@ def run_extraction(cfg: ExtractConfig) -> str:
                                     overwrite=cfg.overwrite)
     _Extraction(cfg, writer, base, chat, base_tok, chat_tok, handles, encoders, mismatch, vocab_limits, device).run()
     return url
-
-
-def _load_tokenizer(name: str, revision: str | None, flag: str):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(name, revision=revision)
-    except Exception as e:
-        raise ModelError(f"could not load the tokenizer of {flag}={name}: {_first_line(e)}") from e
 
 
 def _encoder(d: DatasetSpec, base_tok, chat_tok, seq_len: int):
@@ -385,7 +377,7 @@ class _Extraction:
                    desc="extract", disable=True if quiet else None, smoothing=0.1)
         self.bar = bar
         # Up to ~64k rows may wait for the writer (≈ 600 MB for Gemma-2-2B in bf16).
-        w = _Writer(self.writer, max_items=-(-65536 // (self.cfg.batch_size * self.cfg.seq_len)))
+        w = StoreFeeder(self.writer, max_items=-(-65536 // (self.cfg.batch_size * self.cfg.seq_len)))
         t0, c0 = time.perf_counter(), time.process_time()
         rows0 = meta["num_rows"]
         try:
@@ -407,7 +399,7 @@ class _Extraction:
             log.info("extracted %d input tokens in %.1f s: %.0f tok/s (of which model forwards + gather: %.1f s)",
                      self.tokens, wall, self.tokens / wall, self.forward_s)
 
-    def _source(self, si: int, w: _Writer) -> None:
+    def _source(self, si: int, w: StoreFeeder) -> None:
         meta = self.writer.metadata
         src = meta["sources"][si]
         d = self.cfg.datasets[src["dataset_id"]]

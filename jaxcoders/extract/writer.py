@@ -10,6 +10,7 @@ import numpy as np
 
 from jaxcoders.data import store as store_lib
 from jaxcoders.data.store import StoreWriter
+from jaxcoders.extract.models import first_line
 
 _TEST_KILL_ENV = "JAXCODERS_EXTRACT_TEST_KILL"  # tests: "write:N" / "commit:N" → os._exit after the Nth
 
@@ -18,7 +19,7 @@ class ExtractionError(RuntimeError):
     """A failure during extraction (I/O, ...) after which the store is still at its last commit."""
 
 
-class _Writer:
+class StoreFeeder:
     """Owns the StoreWriter in a thread: buffer rows → write → merge moments → update metadata → commit.
 
     Rows are written in few large, chunk-aligned writes: batches are buffered until about
@@ -106,7 +107,7 @@ class _Writer:
                     self._flush()
             except BaseException as e:  # noqa: BLE001 - forwarded to the main thread
                 self.error = ExtractionError(
-                    f"writing to --out={self.w.url} failed ({_first_line(e)}); the store keeps its last commit "
+                    f"writing to --out={self.w.url} failed ({first_line(e)}); the store keeps its last commit "
                     f"({self.w.num_rows} rows): fix the cause (e.g. free disk space) and rerun the same command "
                     "to continue."
                 )
@@ -149,8 +150,3 @@ class _Writer:
             end = start + len(acts)
             cs = end // self._chunk * self._chunk
             self._head = None if cs == end else (cs, acts[cs - start:], {k: v[cs - start:] for k, v in cols.items()})
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__

@@ -54,7 +54,7 @@ class CrosscoderEdits:
     def __init__(self, model):
         if isinstance(model, (str, os.PathLike)):
             from jaxcoders.analysis.stream import find_reference_dir
-            from jaxcoders.io.safetensors import load_reference
+            from jaxcoders.io.reference import load_reference
 
             model = load_reference(find_reference_dir(model))
         if model.cfg.num_models != 2:

@@ -27,7 +27,7 @@ def inspect_prompt(base_model: str, chat_model: str, crosscoder, layer: int, *, 
 
     from jaxcoders.extract import models as models_lib
     from jaxcoders.extract import text as text_lib
-    from jaxcoders.extract.run import _load_tokenizer
+    from jaxcoders.extract.models import load_tokenizer
     from jaxcoders.interventions.codes import CrosscoderEdits
 
     if (prompt is None) == (chat is None):
@@ -41,8 +41,8 @@ def inspect_prompt(base_model: str, chat_model: str, crosscoder, layer: int, *, 
     if cc.activation_dim != infos["--base_model"].d_model:
         raise InterventionError(f"--crosscoder has D = {cc.activation_dim} but the models' hidden size is "
                          f"{infos['--base_model'].d_model}; use the crosscoder trained on these models.")
-    base_tok = _load_tokenizer(base_model, None, "--base_model")
-    chat_tok = _load_tokenizer(chat_model, None, "--chat_model")
+    base_tok = load_tokenizer(base_model, None, "--base_model")
+    chat_tok = load_tokenizer(chat_model, None, "--chat_model")
     if chat is not None:
         if not getattr(chat_tok, "chat_template", None):
             raise InterventionError(f"--chat_model={chat_model} has no chat template; use --prompt instead of --chat.")

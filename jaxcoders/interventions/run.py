@@ -143,7 +143,7 @@ def run_interventions(cfg: InterventionConfig) -> dict:
     import torch
 
     from jaxcoders.extract import models as models_lib
-    from jaxcoders.extract.run import _load_tokenizer
+    from jaxcoders.extract.models import load_tokenizer
     from jaxcoders.interventions.splice import load_split_model
 
     cfg.validate()
@@ -152,8 +152,8 @@ def run_interventions(cfg: InterventionConfig) -> dict:
     infos = {"--base_model": models_lib.load_config(cfg.base_model, None, "--base_model"),
              "--chat_model": models_lib.load_config(cfg.chat_model, None, "--chat_model")}
     models_lib.check_layer(cfg.layer, infos)
-    base_tok = _load_tokenizer(cfg.base_model, None, "--base_model")
-    chat_tok = _load_tokenizer(cfg.chat_model, None, "--chat_model")
+    base_tok = load_tokenizer(cfg.base_model, None, "--base_model")
+    chat_tok = load_tokenizer(cfg.chat_model, None, "--chat_model")
     if not getattr(chat_tok, "chat_template", None):
         raise InterventionError(f"--chat_model={cfg.chat_model} has no chat template, needed to render --dataset.")
     latent_sets = {}

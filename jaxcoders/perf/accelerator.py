@@ -281,8 +281,8 @@ def section_selection(size: Size, rec: Recorder) -> None:
     import jax
     import jax.numpy as jnp
 
-    from jaxcoders.selection import METHODS, batch_topk_mask
-    from jaxcoders.sparse import select_entries
+    from jaxcoders.core.selection.exact import METHODS, batch_topk_mask
+    from jaxcoders.core.selection.candidates import select_entries
 
     B, F, k = size.B, size.F, size.k
 
@@ -328,9 +328,9 @@ def _step_setup(size: Size, spec: dict, seed: int = 0):
     from flax import nnx
 
     from jaxcoders.config import CrossCoderConfig, TrainConfig
-    from jaxcoders.crosscoder import CrossCoder
-    from jaxcoders.sparse import decoder_mode
-    from jaxcoders.train import init_train_state
+    from jaxcoders.core.module import CrossCoder
+    from jaxcoders.core.sparse_batchtopk import decoder_mode
+    from jaxcoders.training.state import init_train_state
 
     arch = spec["arch"]
     btk = arch == "batchtopk"
@@ -360,7 +360,7 @@ def section_step(size: Size, spec: dict, rec: Recorder) -> None:
     import numpy as np
 
     from jaxcoders.perf.flops import dense_flops, executed_flops
-    from jaxcoders.train import make_train_step
+    from jaxcoders.training.step import make_train_step
 
     cfg, tcfg, path, state, x, k_t, n_dead = _step_setup(size, spec)
     M, D, F, B = cfg.num_models, cfg.activation_dim, cfg.dict_size, x.shape[0]
@@ -477,11 +477,12 @@ def section_equivalence(size: Size, rec: Recorder) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxcoders import sharding as shd
-    from jaxcoders.losses import batchtopk_loss, l1_loss
-    from jaxcoders.selection import batch_topk_mask, batch_topk_mask_sharded
-    from jaxcoders.sparse import batchtopk_loss_sparse
-    from jaxcoders.train import make_train_step, shard_train_state
+    from jaxcoders.training import sharding as shd
+    from jaxcoders.core.losses import batchtopk_loss, l1_loss
+    from jaxcoders.core.selection.exact import batch_topk_mask, batch_topk_mask_sharded
+    from jaxcoders.core.sparse_batchtopk import batchtopk_loss_sparse
+    from jaxcoders.training.step import make_train_step
+    from jaxcoders.training.state import shard_train_state
 
     D, F, B, k = size.eq
     base = dict(D=D, F=F, B=B, k=k)
@@ -567,10 +568,10 @@ def section_equivalence(size: Size, rec: Recorder) -> None:
 def section_latent_scaling(size: Size, rec: Recorder) -> None:
     from flax import nnx
 
-    from jaxcoders.analysis import latent_scaling as ls
+    from jaxcoders.analysis import scaling as ls
     from jaxcoders.analysis import stream
     from jaxcoders.config import CrossCoderConfig
-    from jaxcoders.crosscoder import CrossCoder
+    from jaxcoders.core.module import CrossCoder
 
     cfg = CrossCoderConfig(2, size.D, size.F, architecture="batchtopk", k=size.k, norm_init_scale=1.0)
     model = CrossCoder(cfg, rngs=nnx.Rngs(0))

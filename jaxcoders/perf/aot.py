@@ -26,9 +26,10 @@ def abstract_train_state(cfg, tcfg, mesh):
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from jaxcoders import sharding as shd
-    from jaxcoders.crosscoder import default_buffers, init_params
-    from jaxcoders.train import TrainState, make_optimizer
+    from jaxcoders.training import sharding as shd
+    from jaxcoders.core.params import default_buffers, init_params
+    from jaxcoders.training.state import TrainState, train_state_specs
+    from jaxcoders.training.optimizer import make_optimizer
 
     opt = make_optimizer(cfg, tcfg, tcfg.total_steps)
     params = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
@@ -38,7 +39,7 @@ def abstract_train_state(cfg, tcfg, mesh):
         buffers=jax.eval_shape(lambda: default_buffers(cfg)),
         tokens_since_fired_F=jax.ShapeDtypeStruct((F,), jnp.int32),
         steps_since_active_F=jax.ShapeDtypeStruct((F,), jnp.int32))
-    specs = shd.train_state_specs(opt, params)
+    specs = train_state_specs(opt, params)
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, s)),
                         state, specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
@@ -50,8 +51,8 @@ def compiled_step_memory(cfg, tcfg, mesh, batch_size: int) -> dict:
     import jax.numpy as jnp
     from jax.sharding import NamedSharding
 
-    from jaxcoders import sharding as shd
-    from jaxcoders.train import make_train_step
+    from jaxcoders.training import sharding as shd
+    from jaxcoders.training.step import make_train_step
 
     shd.check_shapes(cfg, batch_size, mesh)
     state = abstract_train_state(cfg, tcfg, mesh)
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
                                f" --xla_force_host_platform_device_count={a.devices}").strip()
     import jax
 
-    from jaxcoders import sharding as shd
+    from jaxcoders.training import sharding as shd
     from jaxcoders.config import CrossCoderConfig, TrainConfig
 
     for arch in a.archs.split(","):

@@ -27,7 +27,7 @@ def executed_flops(arch: str, path: str, M: int, D: int, F: int, B: int, k, n_de
     n = k * B
     flops = G + 8.0 * n * M * D  # encoder fwd; decode, d v, dW_dec, dW_enc over n entries
     if n_dead:
-        from jaxcoders.sparse import AUXK_CAPACITY_FRACTIONS
+        from jaxcoders.core.sparse_batchtopk import AUXK_CAPACITY_FRACTIONS
 
         caps = sorted({int(F * f) for f in AUXK_CAPACITY_FRACTIONS if int(F * f) < F} | {F})
         cap = next(c for c in caps if c >= n_dead)

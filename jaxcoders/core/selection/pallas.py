@@ -1,11 +1,11 @@
-"""Pallas counting pass for the radix select in `jaxcoders.selection` (method "pallas").
+"""Pallas counting pass for the radix select in `jaxcoders.core.selection.exact` (method "pallas").
 
 One call computes the histogram of one radix digit of the order-preserving int32 keys of a
 (B, F) float32 score matrix, restricted to the keys whose higher bits match the current prefix:
 
     hist[j] = #{ (b, f) : (key(b, f) - lo) >> shift == j },   j in [0, 2**bits)
 
-where `key` is the IEEE total-order int32 key of the float (see `selection.score_keys`) and the
+where `key` is the IEEE total-order int32 key of the float (see `exact.score_keys`) and the
 subtraction wraps (so keys outside [lo, lo + 2**(shift + bits)) never land in a bin).
 
 Why a kernel: on TPU, XLA's scatter-add histogram (what method "radix" uses) is serialised.

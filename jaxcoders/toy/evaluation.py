@@ -46,7 +46,7 @@ def evaluate_crosscoder(model, planted: PlantedDictionary, x_eval, *, recovered_
 
     f = np.asarray(model.encode(x_eval[:8192]))
     if cfg.is_tied:
-        from jaxcoders.tied import slot_statistics
+        from jaxcoders.analysis.slots import slot_statistics
 
         st = slot_statistics(model, x_eval[:8192])
         alive = (st["count_shared"] + st["count_base"] + st["count_chat"]) > 0
@@ -73,7 +73,7 @@ def evaluate_crosscoder(model, planted: PlantedDictionary, x_eval, *, recovered_
     out["false_chat_only"] = int(false_mask.sum())
 
     if not cfg.is_tied and len(chat_only):
-        from jaxcoders.analysis.latent_scaling import latent_scaling
+        from jaxcoders.analysis.scaling import latent_scaling
 
         ls = latent_scaling(model, x_eval[:latent_scaling_rows], latents=chat_only, batch_size=4096)
         nu_e, nu_r = ls["nu_error"], ls["nu_reconstruction"]

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxcoders.config import CrossCoderConfig
-from jaxcoders.crosscoder import CrossCoderParams, decode
+from jaxcoders.core.crosscoder import decode, encode_relu_flat
+from jaxcoders.core.params import CrossCoderParams
 
 ENC_SCALE = 0.05  # the reference crosscoder's factor on the mean alive encoder norm
 
@@ -46,9 +47,7 @@ def dead_for_resampling(steps_since_active_F: jax.Array, resample_steps: int) ->
 
 def token_losses(cfg: CrossCoderConfig, params: CrossCoderParams, x_BMD: jax.Array) -> jax.Array:
     """(B,) (mean over models of ||x_m − x̂_m||₂)², x̂ of the (already normalized) input."""
-    from jaxcoders.losses import _encode_relu_flat
-
-    x_hat = decode(cfg, params, _encode_relu_flat(cfg, params, x_BMD))
+    x_hat = decode(cfg, params, encode_relu_flat(cfg, params, x_BMD))
     return jnp.square(jnp.mean(jnp.linalg.norm(x_BMD - x_hat, axis=-1), axis=-1))
 
 

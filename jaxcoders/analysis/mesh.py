@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxcoders.sharding import DATA, LATENT, batch_spec, buffer_specs, make_mesh, param_specs  # noqa: F401
+from jaxcoders.training.sharding import DATA, LATENT, batch_spec, buffer_specs, make_mesh, param_specs  # noqa: F401
 
 
 def axis_size(mesh: Mesh, name: str) -> int:

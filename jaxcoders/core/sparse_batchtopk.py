@@ -32,22 +32,19 @@ same fast selection (bitwise the `selection.batch_topk_mask` mask).
 from __future__ import annotations
 
 import functools
-import math
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jaxcoders.config import CrossCoderConfig, TrainConfig
-from jaxcoders.crosscoder import (
-    CrossCoderParams,
-    _matmul,
-    code_normalization,
-)
-from jaxcoders.selection import _n_keep, _select_local, check_index_limits, score_keys
+from jaxcoders.core.crosscoder import code_normalization
+from jaxcoders.core.losses import COUNTER_CAP, BatchTopKAux, reconstruction_loss
+from jaxcoders.core.ops import matmul
+from jaxcoders.core.params import CrossCoderParams
+from jaxcoders.core.selection.candidates import select_entries
 
-DECODER_MODES = ("dense", "sparse", "auto")
 
 # "auto" picks the sparse path on one device when the selected fraction k/F is at most the
 # backend's threshold and the problem is big enough for the gathers to pay (B·F >= AUTO_MIN_ENTRIES).
@@ -61,8 +58,14 @@ DECODER_MODES = ("dense", "sparse", "auto")
 # in f32), so the break-even k/F estimated from those two runs is ~1/360 in bf16 and ~1/35 in f32;
 # the thresholds below stay at half of that. TPU: nothing measured, "auto" stays dense.
 AUTO_MAX_DENSITY = 1.0 / 32.0  # CPU
+
+
 AUTO_MAX_DENSITY_GPU = {"float32": 1.0 / 64.0, "bfloat16": 1.0 / 512.0}
+
+
 AUTO_MIN_ENTRIES = 1 << 20
+
+
 # Capacities (fractions of F) of the compacted dead-latent block used by auxk; more dead latents
 # than the largest fraction < 1 falls through to width F (the dense auxk's cost).
 AUXK_CAPACITY_FRACTIONS = (1.0 / 16.0, 1.0 / 4.0)
@@ -108,184 +111,14 @@ def decoder_mode(cfg: CrossCoderConfig, tcfg: TrainConfig, batch_size: int, k: O
     return "dense"
 
 
-# ----------------------------------------------------------------------------- selected entries
-
-
-def _pack_bits(pred_W32: jax.Array) -> jax.Array:
-    """(W, 32) bool -> (W,) uint32 with bit i = pred[:, i]."""
-    weights = jnp.left_shift(jnp.uint32(1), jnp.arange(32, dtype=jnp.uint32))
-    return jnp.sum(jnp.where(pred_W32, weights, jnp.uint32(0)), axis=-1, dtype=jnp.uint32)
-
-
-def _select_bit(words: jax.Array, r: jax.Array) -> jax.Array:
-    """Position of the r-th (0-based) set bit of each uint32 word (binary search with popcounts)."""
-    pos = jnp.zeros(words.shape, jnp.int32)
-    for width in (16, 8, 4, 2, 1):
-        low = words & jnp.uint32((1 << width) - 1)
-        c = lax.population_count(low).astype(jnp.int32)
-        high = r >= c
-        r = jnp.where(high, r - c, r)
-        words = jnp.where(high, words >> jnp.uint32(width), low)
-        pos = jnp.where(high, pos + width, pos)
-    return pos
-
-
-def _bitmap(pred_N: jax.Array):
-    """Packed bitmap of a flat bool array: (words, per-word counts, inclusive cumsum of counts)."""
-    pad = (-pred_N.shape[0]) % 32
-    if pad:
-        pred_N = jnp.concatenate([pred_N, jnp.zeros((pad,), bool)])
-    words = _pack_bits(pred_N.reshape(-1, 32))
-    cnt = lax.population_count(words).astype(jnp.int32)
-    return words, cnt, jnp.cumsum(cnt)
-
-
-def _compact_bitmap(words, cnt, cs, n_cap: int) -> tuple[jax.Array, jax.Array]:
-    q = jnp.arange(n_cap, dtype=jnp.int32)
-    w = jnp.minimum(jnp.searchsorted(cs, q, side="right").astype(jnp.int32), words.shape[0] - 1)
-    r = q - (cs[w] - cnt[w])  # rank of slot q inside its word
-    idx = w * 32 + _select_bit(words[w], r)
-    valid = q < cs[-1]
-    return jnp.where(valid, idx, 0), valid
-
-
-def compact_mask(mask: jax.Array, n_cap: int) -> tuple[jax.Array, jax.Array]:
-    """Flat indices (row-major) of the first `n_cap` True entries, ascending, and their validity.
-
-    XLA:CPU's cumsum over millions of entries is slow (~10 ns/entry), so there is none: the mask
-    is packed into uint32 words (one reduction pass), the per-word popcounts are prefix-summed
-    (N/32 entries), each output slot finds its word by binary search and its bit by a 5-step
-    popcount search."""
-    return _compact_bitmap(*_bitmap(mask.reshape(-1)), n_cap)
-
-
-# Sampled bracket of the selection (see `select_entries`): about this many sample points lie above
-# the cut, and the bracket is placed this many standard deviations (of the sampled count) below it.
-_SAMPLE_ABOVE = 1024
-_BRACKET_SIGMAS = 4.0
-
-
-def _bracket_params(N: int, F: int, n_cap: int):
-    """Static stride of the sample (coprime with F, so every row is sampled evenly), the sample's
-    top-K size, and the candidate capacity."""
-    stride = max(1, n_cap // _SAMPLE_ABOVE) | 1
-    while math.gcd(stride, F) != 1:
-        stride += 2
-    n_sample = -(-N // stride)
-    r_max = n_cap / stride
-    k_sample = min(n_sample, int(math.ceil(r_max + _BRACKET_SIGMAS * math.sqrt(r_max) + 8)))
-    cap = min(N, n_cap + n_cap // 4 + 64)
-    return stride, k_sample, cap
-
-
-def _sort_entries(idx: jax.Array, valid, N: int):
-    """Sort selected flat indices ascending; invalid slots (traced k) first, marked by validity."""
-    if valid is None:
-        idx = jnp.sort(idx)
-        return idx, jnp.ones(idx.shape, bool)
-    tagged = jnp.sort(jnp.where(valid, idx, idx - N))  # invalid -> negative (N < 2^31)
-    valid = tagged >= 0
-    return jnp.where(valid, tagged, tagged + N), valid
-
-
-def select_entries(values_BF: jax.Array, k, *, k_cap: Optional[int] = None, method: str = "topk",
-                   transform: Optional[Callable] = None):
-    """The entries of `selection.batch_topk_mask(scores_BF, k, ...)` as index lists.
-
-    scores = values_BF, or `transform(values, j)` when given: an elementwise function of the values
-    and their column (latent) index j, e.g. `lambda v, j: relu(v + b_enc[j]) * c[j]` on the encoder
-    matmul's output. It is evaluated lazily inside each pass, so the (B, F) score matrix is never
-    written to memory (on XLA:CPU under load each (B, F) f32 pass costs as much as all the sparse
-    ops together).
-
-    Returns (b_idx, j_idx, valid), each of static length n_cap = min(k·B, B·F) (k_cap·B under a
-    traced k), sorted by flat index b·F + j (the slots beyond k·B of a traced k come first, with
-    `valid` False and index 0).
-
-    Exact, and cheaper than running the method on all B·F scores: a strided sample of the scores
-    (~1024·stride = n_cap entries of it above the cut) gives a value `lo` four standard deviations
-    of the sampled count below the cut; one fused pass packs the entries >= lo into a bitmap and
-    counts them; if the count lies in [k·B, 1.25·n_cap] (it does unless the sample was very
-    unlucky) those candidates are compacted and `method` selects exactly among them (`lax.top_k`
-    for "topk", the radix select for "radix"/"pallas"). Candidates stay in flat order, so the tie
-    rule (lower flat index first) is the dense one. Otherwise (`lax.cond`) `method` runs on the
-    whole matrix."""
-    B, F = values_BF.shape
-    N = B * F
-    check_index_limits(N)
-    n_keep = _n_keep(k, k_cap, B, N)
-    static = isinstance(n_keep, int)
-    n_cap = n_keep if static else min(k_cap * B, N)
-    values = lax.stop_gradient(values_BF)
-    transform = transform if transform is not None else (lambda v, j: v)
-
-    def scores_all():
-        return transform(values, jnp.arange(F, dtype=jnp.int32)[None, :]).reshape(-1)
-
-    def scores_at(flat_idx):
-        return transform(values.reshape(-1)[flat_idx], flat_idx % F)
-
-    stride, k_sample, cap = _bracket_params(N, F, n_cap)
-    pad_value = lax.bitcast_convert_type(jnp.int32(-1), jnp.float32)  # -NaN: smallest in total order
-
-    def exact(cand, cand_idx):
-        """The n_cap largest of `cand` (float scores in flat order; cand_idx their flat indices,
-        None = identity) under `method`, as (flat indices, validity or None if all valid)."""
-        if method == "topk":
-            _, pos = lax.top_k(cand, n_cap)  # descending, ties to the lower position
-            valid = None if static else jnp.arange(n_cap) < n_keep
-        else:
-            kk = n_keep if static else jnp.asarray(n_keep, jnp.int32)
-            mask = _select_local(cand[None, :], kk, k_cap=None if static else n_cap, method=method)
-            pos, valid = compact_mask(mask, n_cap)
-        return (pos if cand_idx is None else cand_idx[pos]), valid
-
-    if cap >= N or n_cap == 0:  # small problem: no bracket
-        idx, valid = exact(scores_all(), None)
-    else:
-        sample_top = lax.top_k(scores_at(jnp.arange(0, N, stride, dtype=jnp.int32)), k_sample)[0]
-        r = jnp.asarray(n_keep, jnp.float32) / stride
-        r_hi = jnp.ceil(r + _BRACKET_SIGMAS * jnp.sqrt(r) + 8).astype(jnp.int32)
-        # the r_hi-th largest sample value, as a masked min: a static index into top_k's output
-        # makes XLA:CPU rewrite the top_k into a full sort (~30x slower here)
-        lo = jnp.min(jnp.where(jnp.arange(k_sample) < r_hi, sample_top, jnp.inf))
-        words, cnt, cs = _bitmap(score_keys(scores_all()) >= score_keys(lo))  # one fused pass
-        ok = (cs[-1] >= n_keep) & (cs[-1] <= cap)
-
-        def bracketed():
-            cand_idx, cand_valid = _compact_bitmap(words, cnt, cs, cap)
-            cand = jnp.where(cand_valid, scores_at(cand_idx), pad_value)
-            idx, valid = exact(cand, cand_idx)
-            return idx, (jnp.ones((n_cap,), bool) if valid is None else valid)
-
-        def whole():
-            idx, valid = exact(scores_all(), None)
-            return idx, (jnp.ones((n_cap,), bool) if valid is None else valid)
-
-        idx, valid = lax.cond(ok, bracketed, whole)
-        if static and method == "topk":
-            valid = None
-    idx, valid = _sort_entries(idx.astype(jnp.int32), valid, N)
-    idx = jnp.where(valid, idx, 0)  # invalid slots (first after the sort) point at entry 0: b stays sorted
-    return idx // F, idx % F, valid
-
-
-def select_mask(values_BF: jax.Array, k, *, k_cap: Optional[int] = None, method: str = "topk",
-                transform: Optional[Callable] = None) -> jax.Array:
-    """`selection.batch_topk_mask` (bitwise the same mask) computed through `select_entries` (same
-    `transform`); the dense BatchTopK path uses it too (measured at D=512 F=8192 B=2048 under load:
-    lax.top_k 150-400 ms -> 20-60 ms)."""
-    B, F = values_BF.shape
-    b_idx, j_idx, valid = select_entries(values_BF, k, k_cap=k_cap, method=method, transform=transform)
-    return jnp.zeros((B * F,), bool).at[b_idx * F + j_idx].max(valid, mode="promise_in_bounds").reshape(B, F)
-
-
 # Entry-wise ops run over chunks of entries in a fori_loop: every (entries, M·D) intermediate
 # (gathered rows, products) is then ~4 MiB instead of k·B·M·D floats (256 MiB at k=32, B=2048,
 # M·D=1024). Measured on XLA:CPU, where gathers/scatters materialize their operands: 2-5x faster
 # than one big gather/scatter (decode 88 -> 25 ms, d v 159 -> 44 ms, dW 75 -> 31 ms). On GPU/TPU
 # the chunks are much larger (few iterations).
 _CHUNK_ELEMENTS_CPU = 1 << 20
+
+
 _CHUNK_ELEMENTS_ACCEL = 1 << 27
 
 
@@ -346,9 +179,6 @@ def _scatter_rows(acc: jax.Array, rows: jax.Array, src_idx, dst_idx, weight, *, 
     return _over_chunks(n, width, [src_idx, dst_idx, weight], body, acc)
 
 
-# ----------------------------------------------------------------------------- auxk pieces
-
-
 def _auxk_caps(F: int) -> list[int]:
     return sorted({max(1, int(F * fr)) for fr in AUXK_CAPACITY_FRACTIONS if int(F * fr) < F} | {F})
 
@@ -389,14 +219,9 @@ def _auxk_code(cap: int, kk: int, pre_BF, b_enc_F, c_F, dead_F, idx_BK=None):
     return cols, jnp.where(sel, f_cols, 0.0), sel, f_cols, idx_BK
 
 
-# ----------------------------------------------------------------------------- the fused core
-
-
 def _core_fwd(cfg, top_k_aux, alpha, use_mse, params, x_BMD, pre_BF, c_F, b_idx, j_idx, valid, dead_F):
     """Forward of the differentiable part. Returns ((loss, recon, auxk, e), residuals).
     pre_BF: the encoder matmul x W_enc without bias (f = ReLU(pre + b_enc) is never stored)."""
-    from jaxcoders.losses import reconstruction_loss
-
     w_enc, b_enc, w_dec, b_dec = params
     B, M, D = x_BMD.shape
     F = pre_BF.shape[1]
@@ -416,7 +241,7 @@ def _core_fwd(cfg, top_k_aux, alpha, use_mse, params, x_BMD, pre_BF, c_F, b_idx,
         def fn(w_dec, pre_BF, b_enc, c_F, r_BK, dead_F):
             cols, a, _, _, idx = _auxk_code(cap, kk, pre_BF, b_enc, c_F, dead_F)
             w_cols = w_dec.at[:, cols].get(mode="promise_in_bounds")
-            recon_aux = _matmul(cfg, "bf,mfd->bmd", a, w_cols).reshape(B, -1)
+            recon_aux = matmul(cfg, "bf,mfd->bmd", a, w_cols).reshape(B, -1)
             idx = jnp.concatenate([idx, jnp.full((B, kk - idx.shape[1]), cap, jnp.int32)], 1) if idx.shape[1] < kk else idx
             return _auxk_normalized(r_BK, recon_aux), idx.astype(jnp.int32), recon_aux
         return fn
@@ -430,8 +255,6 @@ def _core_fwd(cfg, top_k_aux, alpha, use_mse, params, x_BMD, pre_BF, c_F, b_idx,
 
 
 def _core_bwd(cfg, top_k_aux, alpha, use_mse, res, cts):
-    from jaxcoders.losses import reconstruction_loss
-
     (w_enc, b_enc, w_dec, b_dec), x_BMD, pre_BF, c_F, b_idx, j_idx, v, e, dead_F, which, idx_aux, recon_aux = res
     ct = cts[0]  # only the loss is differentiated; recon, auxk and e are reported as constants
     B, M, D = x_BMD.shape
@@ -466,11 +289,11 @@ def _core_bwd(cfg, top_k_aux, alpha, use_mse, res, cts):
             _, aux_vjp = jax.vjp(lambda rec: _auxk_normalized(r_BK, rec), recon_aux)
             gr = aux_vjp(alpha * ct)[0].reshape(B, M, D)  # dL/dê
             w_cols = w_dec.at[:, cols].get(mode="promise_in_bounds")  # (M, cap, D)
-            da = _matmul(cfg, "bmd,mcd->bc", gr, w_cols)
+            da = matmul(cfg, "bmd,mcd->bc", gr, w_cols)
             dpre_c = jnp.where(sel & (f_cols > 0), da, 0.0)
-            dw_cols = _matmul(cfg, "bc,bmd->mcd", a, gr)
+            dw_cols = matmul(cfg, "bc,bmd->mcd", a, gr)
             dw_dec = dw_dec.at[:, cols].add(dw_cols, mode="promise_in_bounds")
-            dw_encT = dw_encT.at[cols].add(_matmul(cfg, "bc,bk->ck", dpre_c, x_BK), mode="promise_in_bounds")
+            dw_encT = dw_encT.at[cols].add(matmul(cfg, "bc,bk->ck", dpre_c, x_BK), mode="promise_in_bounds")
             db_enc_acc = db_enc_acc.at[cols].add(jnp.sum(dpre_c, axis=0), mode="promise_in_bounds")
             return dw_dec, dw_encT, db_enc_acc
         return fn
@@ -500,9 +323,6 @@ def _sparse_core(cfg, top_k_aux, alpha, use_mse, params, x_BMD, pre_BF, c_F, b_i
 _sparse_core.defvjp(_core_fwd, _core_bwd)
 
 
-# ----------------------------------------------------------------------------- the loss
-
-
 def batchtopk_loss_sparse(
     cfg: CrossCoderConfig,
     tcfg: TrainConfig,
@@ -514,8 +334,6 @@ def batchtopk_loss_sparse(
     k_cap: Optional[int] = None,
 ):
     """Drop-in for `losses.batchtopk_loss` (same arguments, same `(loss, BatchTopKAux)`)."""
-    from jaxcoders.losses import _COUNTER_CAP, BatchTopKAux
-
     if not sparse_supported(cfg):
         raise ValueError("the sparse BatchTopK loss needs a BatchTopK crosscoder without DECOUPLED normalization")
     B = x_BMD.shape[0]
@@ -523,7 +341,7 @@ def batchtopk_loss_sparse(
     sg = lax.stop_gradient
     # the encoder matmul; f = ReLU(pre + b_enc) and the scores f·c are recomputed where needed
     # (bitwise the dense path's values) instead of being written out as (B, F) arrays
-    pre_BF = sg(_matmul(cfg, "bmd,mdf->bf", x_BMD, params.w_enc_MDF))
+    pre_BF = sg(matmul(cfg, "bmd,mdf->bf", x_BMD, params.w_enc_MDF))
     b_enc = sg(params.b_enc_F)
     c = code_normalization(cfg, sg(params.w_dec_MFD))
     b_idx, j_idx, valid = select_entries(pre_BF, k, k_cap=k_cap, method=tcfg.selection_method,
@@ -532,7 +350,7 @@ def batchtopk_loss_sparse(
     v = jnp.where(valid, jax.nn.relu(pre_BF[b_idx, j_idx] + b_enc[j_idx]), 0.0)
     active = valid & (v > 0)
     fired_F = jnp.zeros((F,), jnp.int32).at[j_idx].max(active.astype(jnp.int32)) > 0
-    counters = jnp.minimum(tokens_since_fired_F + B, _COUNTER_CAP)
+    counters = jnp.minimum(tokens_since_fired_F + B, COUNTER_CAP)
     counters = jnp.where(fired_F, 0, counters).astype(jnp.int32)
     dead_F = counters >= tcfg.dead_tokens_threshold
     top_k_aux = tcfg.top_k_aux if tcfg.top_k_aux is not None else cfg.activation_dim // 2

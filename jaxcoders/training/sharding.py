@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcoders.config import CrossCoderConfig
-from jaxcoders.crosscoder import CrossCoderBuffers, CrossCoderParams
+from jaxcoders.core.params import CrossCoderBuffers, CrossCoderParams
 
 DATA, LATENT = "data", "latent"
 
@@ -137,20 +137,6 @@ def opt_state_specs(optimizer: optax.GradientTransformation, params_abstract: Cr
         param_specs(),
         transform_non_params=lambda _: P(),
         is_leaf=lambda x: isinstance(x, P),
-    )
-
-
-def train_state_specs(optimizer, params_abstract):
-    """Specs for `jaxcoders.train.TrainState`."""
-    from jaxcoders.train import TrainState
-
-    return TrainState(
-        step=P(),
-        params=param_specs(),
-        opt_state=opt_state_specs(optimizer, params_abstract),
-        buffers=buffer_specs(),
-        tokens_since_fired_F=P(LATENT),
-        steps_since_active_F=P(LATENT),
     )
 
 

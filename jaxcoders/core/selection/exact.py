@@ -18,7 +18,7 @@ Methods (all exact, all accept a traced `k` with a static `k_cap`):
             gives the cut value v and c_gt = #{> v}; then the tie rule keeps the first
             n_keep - c_gt entries equal to v (one row-count pass, only when ties straddle the cut).
   "pallas": the same radix select with the counting pass as a Pallas kernel
-            (`selection_pallas.digit_histogram`: 4-bit digits, 8 passes, no scatter: the TPU path);
+            (`jaxcoders.core.selection.pallas.digit_histogram`: 4-bit digits, 8 passes, no scatter: the TPU path);
             interpret mode on CPU.
 `batch_topk_mask_sharded` does the same under `jax.shard_map` with the batch and/or latent axis
 sharded: local histograms are psum'ed (radix: 2 x 256 KiB; pallas: 8 x 64 B), one global cut, the
@@ -34,7 +34,10 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-METHODS = ("topk", "radix", "pallas")
+from jaxcoders.config import SELECTION_METHODS
+from jaxcoders.core.selection import pallas as pallas_kernel
+
+METHODS = SELECTION_METHODS
 
 _INT32_MAX = 2**31 - 1
 _INT32_MIN = -(2**31)
@@ -73,7 +76,7 @@ def _as_f32(scores: jax.Array) -> jax.Array:
     return scores.astype(jnp.float32)
 
 
-def _n_keep(k, k_cap: Optional[int], B: int, N: int):
+def keep_count(k, k_cap: Optional[int], B: int, N: int):
     """Number of entries to keep: a Python int (static k) or an int32 scalar (traced k)."""
     if isinstance(k, int) and k_cap is None:
         return max(0, min(k * B, N))
@@ -95,9 +98,7 @@ def _jnp_histogram(scores: jax.Array, lo: jax.Array, shift, bits: int) -> jax.Ar
 
 
 def _pallas_histogram(scores: jax.Array, lo: jax.Array, shift, bits: int) -> jax.Array:
-    from jaxcoders import selection_pallas
-
-    return selection_pallas.digit_histogram(_as_f32(scores), lo, shift, bits)
+    return pallas_kernel.digit_histogram(_as_f32(scores), lo, shift, bits)
 
 
 _HISTOGRAMS: dict[str, Callable] = {"radix": _jnp_histogram, "pallas": _pallas_histogram}
@@ -235,7 +236,7 @@ def _topk_cut(keys_BF, n_keep, n_cap: int, axes: tuple[str, ...]):
     return v, c_gt, c_eq
 
 
-def _select_local(
+def select_local(
     scores_BF: jax.Array,
     k,
     *,
@@ -248,7 +249,7 @@ def _select_local(
     Bl, Fl = scores_BF.shape
     B, F = Bl * _size(data_axis), Fl * _size(latent_axis)
     check_index_limits(B * F)
-    n_keep = _n_keep(k, k_cap, B, B * F)
+    n_keep = keep_count(k, k_cap, B, B * F)
     n_cap = n_keep if isinstance(n_keep, int) else min(k_cap * B, B * F)
     axes = tuple(a for a in (data_axis, latent_axis) if a is not None)
     keys = score_keys(scores_BF)
@@ -315,9 +316,9 @@ def batch_topk_mask(
 
 
 _select_static_k = jax.jit(
-    lambda s, k, method: _select_local(s, k, k_cap=None, method=method), static_argnums=(1, 2))
+    lambda s, k, method: select_local(s, k, k_cap=None, method=method), static_argnums=(1, 2))
 _select_traced_k = jax.jit(
-    lambda s, k, k_cap, method: _select_local(s, k, k_cap=k_cap, method=method), static_argnums=(2, 3))
+    lambda s, k, k_cap, method: select_local(s, k, k_cap=k_cap, method=method), static_argnums=(2, 3))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -374,7 +375,7 @@ def batch_topk_mask_local(
     an all-gather of the B x n_latent int32 per-(row, latent-shard) tie counts.
     With method "pallas" in interpret mode (CPU), the enclosing shard_map needs check_vma=False."""
     _check_method(method)
-    return _select_local(scores_BF, k, k_cap=k_cap, method=method,
+    return select_local(scores_BF, k, k_cap=k_cap, method=method,
                          data_axis=data_axis, latent_axis=latent_axis)
 
 

@@ -26,6 +26,9 @@ from typing import Optional
 import numpy as np
 
 from jaxcoders.config import CodeNormalization, CrossCoderConfig
+from jaxcoders.core.module import CrossCoder
+from jaxcoders.core.params import CrossCoderBuffers, CrossCoderParams, default_buffers, fold_normalization
+from jaxcoders.io.tied import save_tied
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +134,8 @@ def load_reference(
       allow_unset_threshold: accept a BatchTopK file without theta and keep theta = -1 (every
         positive latent passes at inference), the reference's lenient behaviour.
     Returns:
-      `jaxcoders.crosscoder.CrossCoder`.
+      `jaxcoders.CrossCoder`.
     """
-    from jaxcoders.crosscoder import CrossCoder, CrossCoderBuffers, CrossCoderParams, default_buffers
-
     if "://" in str(path):  # gs:// and other object stores: fetch the small files first
         path = _fetch_remote(str(path))
     weights_path, cfg_dir = _locate(path)
@@ -308,8 +309,6 @@ def reference_config_dict(model) -> dict:
 
 def reference_tensors(model) -> dict[str, np.ndarray]:
     """The state dict the reference expects, as numpy arrays in the reference dtypes."""
-    from jaxcoders.crosscoder import fold_normalization
-
     cfg, params, buffers = model.cfg, model.params, model.buffers
     if cfg.input_normalization and np.asarray(buffers.act_scale).ndim > 0:
         # per-model scalars have no slot in the reference buffers: fold them into the weights
@@ -340,8 +339,6 @@ def save_reference(model, out_dir: os.PathLike | str) -> Path:
     from safetensors.numpy import save_file
 
     if model.cfg.is_tied:  # the reference CrossCoder layout has no latent triples
-        from jaxcoders.tied import save_tied
-
         return save_tied(model, out_dir)
     if "://" in str(out_dir):  # object store: write locally, then upload the three files
         from etils import epath
