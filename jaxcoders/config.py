@@ -2,8 +2,12 @@
 
 * `CrossCoderConfig`: what the model *is* (shapes, architecture, code normalization, init).
 * `TrainConfig`: how it is trained (optimizer, schedules, BatchTopK bookkeeping). Defaults are the
-  paper's (SPEC.md sections 2-3); the reference's bugs are not copied (SPEC section 9).
+  paper's (docs/method.md §2–3); the reference's bugs are not copied (docs/method.md §9).
 * `RunConfig`: how a run is executed (steps, batch, intervals, mesh, checkpoints, export).
+* `DataConfig`: where the training activations come from.
+
+These four are the one schema: `jaxcoders.configs` derives the presets and the command line's
+`--config.<section>.<field>` from them (defaults, types and the help text of every field).
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Optional
 
 
 class CodeNormalization(enum.IntEnum):
-    """Per-latent code normalization c_j (SPEC section 1). Values are the reference's ids."""
+    """Per-latent code normalization c_j (docs/method.md §1). Values are the reference's ids."""
 
     CROSSCODER = 1  # sum_m ||W_dec[m, j]||            (paper default)
     SAE = 2  # sqrt(sum_m ||W_dec[m, j]||^2)
@@ -42,8 +46,8 @@ class CodeNormalization(enum.IntEnum):
 
 
 ARCHITECTURES = ("l1", "batchtopk", "tied")
-SELECTION_METHODS = ("topk", "radix", "pallas")  # jaxcoders.selection.METHODS
-DECODER_MODES = ("dense", "sparse", "auto")  # jaxcoders.sparse.DECODER_MODES
+SELECTION_METHODS = ("topk", "radix", "pallas")  # jaxcoders.core.selection.exact.METHODS
+DECODER_MODES = ("dense", "sparse", "auto")  # jaxcoders.core.sparse_batchtopk.decoder_mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +59,18 @@ class CrossCoderConfig:
       activation_dim: D, d_model of each model.
       dict_size: F, number of latents.
       architecture: "l1" (ReLU + L1 penalty), "batchtopk", or "tied" (shared/base/chat latent
-        triples, SPEC section 4; M must be 2; `dict_size` counts triples).
+        triples, docs/method.md §4; M must be 2; `dict_size` counts triples).
       code_normalization: see `CodeNormalization`.
       k: BatchTopK's average number of active latents per token (ignored for "l1").
-      code_normalization_alpha_sae / _cc: MIXED weights (reference defaults 1.0 / 0.1).
-      same_init_for_all_models, init_with_transpose, norm_init_scale: initialisation (SPEC section 1).
+      code_normalization_alpha_sae: MIXED: weight of the SAE norm (reference default 1.0).
+      code_normalization_alpha_cc: MIXED: weight of the crosscoder norm (reference default 0.1).
+      same_init_for_all_models: initialise every model's encoder with one (D, F) matrix (the paper's
+        runs do; the reference's default does not) (docs/method.md §1).
+      init_with_transpose: decoder = encoder transpose at initialisation (docs/method.md §1).
+      norm_init_scale: rescale each encoder column to this norm at initialisation; None = no
+        rescaling (the reference's default; the paper's BatchTopK runs use 1.0, its L1 runs 0.005).
       input_normalization: whether inputs are normalized with the model's stored mean/scale
-        (SPEC section 5); the statistics live in the model's buffers.
+        (docs/method.md §5); the statistics live in the model's buffers.
       compute_dtype: dtype of the matmul inputs ("float32" or "bfloat16"); accumulation is float32.
       n_shared_latents: L1 only: the first S latents have one decoder row used by every model
         (Anthropic's Feb-2025 shared-latent variant), with their own sparsity coefficient.
@@ -137,14 +146,16 @@ class CrossCoderConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Training hyperparameters. Defaults are the paper's (arXiv 2504.02922; SPEC sections 2-3).
+    """Training hyperparameters. Defaults are the paper's (arXiv 2504.02922; docs/method.md §2–3).
 
     Attributes:
       lr: peak Adam learning rate.
       warmup_steps: linear LR warm-up; step 0 runs at LR 0 (as the reference's LambdaLR).
       decay_start: if set, LR decays linearly to 0 from this step to `total_steps`.
       total_steps: length of the run (needed for LR decay; inferred from `batches` when possible).
-      adam_b1, adam_b2, adam_eps: Adam parameters (torch defaults).
+      adam_b1: Adam's beta1 (torch default).
+      adam_b2: Adam's beta2 (torch default).
+      adam_eps: Adam's epsilon (torch default).
       grad_clip_norm: global grad-norm clip (torch `clip_grad_norm_` semantics). None = the
         reference's default for the architecture (BatchTopK and tied 1.0, L1 no clipping); 0 disables.
       l1_coefficient: mu of the L1 crosscoder (paper 0.041); lambda of the tied crosscoder.
@@ -164,17 +175,18 @@ class TrainConfig:
       init_b_dec_geometric_median: BatchTopK sets b_dec to the geometric median of the first batch.
       dead_latent_eps: L1 dead tracking: a latent is dead in a batch if f*c <= eps for every token.
       resample_steps: L1 only: every this many steps re-initialize latents dead for more than half
-        of it from high-loss tokens and restart the LR warm-up (`jaxcoders.resample`); None = off
+        of it from high-loss tokens and restart the LR warm-up (`jaxcoders.training.resample`); None = off
         (the paper's setting).
-      selection_method: batch top-k selection method (see `jaxcoders.selection`); every method
+      selection_method: batch top-k selection method (see `jaxcoders.core.selection`); every method
         selects the same entries, only speed and memory differ. Default "topk": on GPU (H200) the
         three are equal inside the step and "topk" is fastest on the whole-matrix fallback
         (docs/accelerators.md); on CPU "radix" is ~20 % faster on candidates (docs/performance.md).
       decoder_mode: BatchTopK train step: "dense" (every matmul dense, the reference's order of
         operations), "sparse" (decode, decoder and encoder gradients and auxk only over the
-        selected entries, `jaxcoders.sparse`; equal up to float summation order), or "auto"
+        selected entries, `jaxcoders.core.sparse_batchtopk`; equal up to float summation order), or "auto"
         (sparse where measured faster -- CPU and GPU, one device, small k/F; dense on TPU, which is
-        unmeasured: `jaxcoders.sparse.decoder_mode`). L1, tied and DECOUPLED BatchTopK always run dense.
+        unmeasured: `jaxcoders.core.sparse_batchtopk.decoder_mode`). L1, tied and DECOUPLED BatchTopK
+        always run dense.
       seed: PRNG seed (initialisation of fresh models in the launchers).
     """
 
@@ -258,17 +270,25 @@ class TrainConfig:
 class RunConfig:
     """How a run is executed (not what is learned).
 
-    steps: total optimizer steps.  batch_size: global tokens per step.
-    log_every / eval_every / checkpoint_every: intervals in steps (0 = off for eval).
-    eval_batches: validation batches per evaluation.  keep_checkpoints: orbax max_to_keep.
-    mesh_data / mesh_latent: mesh axis sizes (0 = auto).  seed: initialisation seed.
-    export: write the final model in the reference layout to `workdir/export`.
-    tensorboard: also write the metrics as TensorBoard events to `workdir/tensorboard`
-    (`jaxcoders.training.metrics`; needs tensorboardX).
+    Attributes:
+      steps: total optimizer steps.
+      batch_size: global tokens per step (the paper: 2048).
+      log_every: metrics interval in steps (a host sync: metrics.jsonl, progress line).
+      eval_every: validation interval in steps (0 = off).
+      eval_batches: validation batches per evaluation.
+      checkpoint_every: checkpoint interval in steps.
+      keep_checkpoints: how many checkpoints orbax keeps.
+      mesh_data: size of the "data" mesh axis (0 = auto: the devices not on "latent").
+      mesh_latent: size of the "latent" mesh axis (0 = auto: the devices of one host when F divides).
+      seed: initialisation seed (also TrainConfig.seed in the CLI).
+      export: write the final model in the reference layout to `workdir/export`.
+      async_checkpoint: write checkpoints in the background (orbax async).
+      tensorboard: also write the metrics as TensorBoard events to `workdir/tensorboard`
+        (`jaxcoders.training.metrics`; needs tensorboardX).
     """
 
-    steps: int
-    batch_size: int
+    steps: int = 10_000
+    batch_size: int = 2048
     log_every: int = 100
     eval_every: int = 1000
     eval_batches: int = 8
@@ -287,4 +307,68 @@ class RunConfig:
         for name in ("log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        for name in ("eval_every", "eval_batches", "keep_checkpoints", "mesh_data", "mesh_latent"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
+
+MIXES = ("even", "concat")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the training activations come from (exactly one of store, acts, synthetic).
+
+    Attributes:
+      store: an ActivationStore URL (local path, file://, gs://) with a "train" split (and optionally
+        a validation split).
+      acts: a .npy file of (N, M, D) activations (the last 10 % of at most 8 batches validate).
+      synthetic: planted synthetic activations (`jaxcoders.toy`): a smoke test needing no data.
+      val_split: the store split used for validation ("" = none).
+      mix: how batches mix the store's datasets: "even" (equal shares), "concat" (in proportion to
+        their rows), or comma-separated weights, e.g. "0.7,0.3".
+      normalize: normalize inputs by the store's statistics inside the crosscoder (docs/method.md §5).
+      target_rms: the normalization's target RMS.
+      shuffle_buffer_rows: rows of the loader's shuffle buffer.
+      prefetch: batches the loader reads ahead in a background thread.
+      num_readers: logical partitions of the store (0 = one per process); fixing it (e.g. to the
+        largest host count you will use) makes the batch sequence independent of the host count.
+    """
+
+    store: str = ""
+    acts: str = ""
+    synthetic: bool = False
+    val_split: str = "validation"
+    mix: str = "even"
+    normalize: bool = False
+    target_rms: float = 1.0
+    shuffle_buffer_rows: int = 65536
+    prefetch: int = 2
+    num_readers: int = 0
+
+    def __post_init__(self):
+        if self.mix not in MIXES:
+            try:
+                weights = [float(w) for w in str(self.mix).split(",")]
+            except ValueError:
+                raise ValueError(f"mix must be one of {MIXES} or comma-separated weights, got {self.mix!r}") from None
+            if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+                raise ValueError(f"mix weights must be >= 0 with one > 0, got {self.mix!r}")
+        if not self.target_rms > 0:
+            raise ValueError(f"target_rms must be positive, got {self.target_rms}")
+        for name in ("shuffle_buffer_rows", "prefetch", "num_readers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def mix_weights(self):
+        """"even" / "concat", or the list of float weights."""
+        return self.mix if self.mix in MIXES else [float(w) for w in self.mix.split(",")]
+
+    def source(self) -> str:
+        """Which of store / acts / synthetic is chosen; raises unless exactly one is."""
+        chosen = [name for name, on in (("store", bool(self.store)), ("acts", bool(self.acts)),
+                                        ("synthetic", self.synthetic)) if on]
+        if len(chosen) != 1:
+            raise ValueError("set exactly one of --config.data.store, --config.data.acts, --config.data.synthetic"
+                             + (f" (got {', '.join(chosen)})" if chosen else ""))
+        return chosen[0]

@@ -199,7 +199,6 @@ def write_local_datasets(tmpdir, n_text: int = 40, n_chat: int = 24):
 def direct_hidden_states(model_dir: str, input_ids: list[int], layer: int):
     """`hidden_states[layer + 1]` of one unpadded sequence, computed the plain HF way: (T, D) float32 numpy."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     model = _cached_model(model_dir)
     with torch.no_grad():

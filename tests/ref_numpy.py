@@ -1,7 +1,7 @@
-"""An independent float64 numpy transcription of the reference crosscoder math (SPEC sections 1-3).
+"""An independent float64 numpy transcription of the reference crosscoder math (docs/method.md §1–3).
 
 Used as a second implementation for configurations the public fixtures do not cover (SAE, MIXED,
-NONE code normalizations, other shapes). Written from the SPEC, not from jaxcoders' code.
+NONE code normalizations, other shapes). Written from docs/method.md, not from jaxcoders' code.
 """
 import numpy as np
 

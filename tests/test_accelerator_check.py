@@ -1,7 +1,6 @@
 """experiments/accelerator_check.py at CPU sizes: the driver, the sections' checks (with a control
 that must fail), the report, and bad input. On a GPU/TPU the same script runs the Gemma preset."""
 import dataclasses
-import json
 import os
 import subprocess
 import sys

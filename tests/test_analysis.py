@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 import jaxcoders
-from jaxcoders.analysis import cli, decoder, stats, tables
+from jaxcoders.analysis import decoder, stats, tables
+from jaxcoders.analysis import inputs as cli
 from jaxcoders.config import CrossCoderConfig
 from jaxcoders.core.module import CrossCoder
 from jaxcoders.core.params import CrossCoderParams, default_buffers

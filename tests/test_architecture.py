@@ -4,7 +4,7 @@ modules, no module over 500 lines, no sys.path edits. Parsed from the source (no
 Layers, bottom up (a module may import its own package and any lower layer, never a higher one or
 another package of its own layer):
 
-    0  config
+    0  config, progress
     1  core, data, configs
     2  io, extract
     3  training
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "jaxcoders"
 
 LAYERS = {
-    "config": 0,
+    "config": 0, "progress": 0,
     "core": 1, "data": 1, "configs": 1,
     "io": 2, "extract": 2,
     "training": 3,

@@ -49,8 +49,7 @@ def test_benchmark_smoke_and_plot(tmp_path):
 
 
 def test_flop_accounting():
-    sys.path.insert(0, str(ROOT / "experiments"))
-    import benchmark
+    from jaxcoders.perf import flops as benchmark
 
     G = 2.0 * 2048 * 2 * 512 * 8192
     assert benchmark.dense_flops("l1", 2, 512, 8192, 2048) == 5 * G

@@ -2,7 +2,6 @@
 transcription of the reference math for code normalizations the fixtures do not cover)."""
 import json
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import jaxcoders
 
@@ -112,7 +111,7 @@ def test_planted_data_is_deterministic_and_small():
 
 
 def test_find_pattern_stays_inside_sequences():
-    from jaxcoders.demo.pipeline import _find
+    from jaxcoders.demo.tagging import find_pattern as _find
 
     tokens = np.array([5, 1, 2, 3, 1, 2, 1, 2, 3])
     seq = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1])

@@ -23,7 +23,6 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import extract_helpers as H  # noqa: E402
 
 from jaxcoders.data.store import ActivationStore, TokenClass  # noqa: E402

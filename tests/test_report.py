@@ -34,7 +34,6 @@ CHAT_ASSISTANT, CHAT_TEMPLATE, BASE_ONLY = 24, 25, 26
 
 def _token_rows(tok, n_text=24, n_chat=24, seed=0):
     """Text documents and Gemma-style chats as one token stream with sequence ids and classes."""
-    sys.path.insert(0, str(Path(__file__).parent))
     from extract_helpers import corpus_lines
 
     lines = corpus_lines(n_text + 2 * n_chat, seed=seed)
@@ -111,7 +110,6 @@ def planted_world(tok, seed=0):
 def world(tmp_path_factory):
     """Tokenizer, store, the planted L1 crosscoder analysed (analyze + examples) and a tied crosscoder's
     examples; returns the paths."""
-    sys.path.insert(0, str(Path(__file__).parent))
     from extract_helpers import GEMMA_CHAT_TEMPLATE, build_tokenizer
 
     tmp = tmp_path_factory.mktemp("report")
@@ -120,7 +118,7 @@ def world(tmp_path_factory):
     store = ActivationStore.create_from_arrays(
         str(tmp / "store"), x, dataset_names=["fineweb", "lmsys-chat"], chunk_rows=256,
         **{k: rows[k] for k in ("token_ids", "token_classes", "sequence_ids", "positions", "dataset_ids")})
-    from jaxcoders.analysis import cli
+    from jaxcoders.analysis import inputs as cli
 
     _, labels, classes = cli.open_activations(store=str(tmp / "store"))
     table, summary = tables.analyze(model, store, labels=labels, label_classes=classes, batch_size=512, nearest=False)

@@ -9,6 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from jaxcoders.data import layout
 from jaxcoders.data import store as store_lib
 from jaxcoders.data.store import ActivationStore, StoreError, StoreWriter, TokenClass
 
@@ -132,7 +133,7 @@ def test_crash_leaves_last_commit(tmp_path, monkeypatch):
         calls.append(1)
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(store_lib, "_write_group", failing_write)
+    monkeypatch.setattr(layout, "write_group", failing_write)
     with pytest.raises(OSError):
         w.commit()
     monkeypatch.undo()
@@ -191,7 +192,7 @@ def test_interrupted_finalize_recovers(tmp_path, monkeypatch):
     def failing_write(u, meta):
         raise OSError("connection reset")
 
-    monkeypatch.setattr(store_lib, "_write_group", failing_write)
+    monkeypatch.setattr(layout, "write_group", failing_write)
     with pytest.raises(OSError):
         w.finalize()  # arrays already trimmed to 40 rows, metadata not updated
     monkeypatch.undo()

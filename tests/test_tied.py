@@ -28,7 +28,7 @@ def _ref_state(D=8, F=12, seed=0):
 
 
 def _numpy_tied(state, x):
-    """SPEC section 4 written directly on the reference layout."""
+    """docs/method.md §4 written directly on the reference layout."""
     f = np.maximum(np.einsum("bmd,mdkf->bkf", x, state["W_enc"]) + state["b_enc"], 0)  # (B, 3, F)
     xb = (f[:, 0] + f[:, 1]) @ state["W_dec"][:, 0] + state["b_dec"][0]
     xc = (f[:, 0] + f[:, 2]) @ state["W_dec"][:, 1] + state["b_dec"][1]

@@ -411,11 +411,7 @@ def test_readme_capacity_tables_match_capacity_py():
 
 
 def test_capacity_model_numbers():
-    sys.path.insert(0, str(TPU))
-    try:
-        import capacity
-    finally:
-        sys.path.remove(str(TPU))
+    capacity = _capacity()
     gemma, llama = capacity.MODELS
     assert gemma.params == 2 * 2 * 2304 * 73_728 == 679_477_248
     assert llama.params == 2 * 2 * 4096 * 131_072
@@ -435,11 +431,13 @@ def test_capacity_model_numbers():
 
 
 def _capacity():
-    sys.path.insert(0, str(TPU))
-    try:
-        import capacity
-    finally:
-        sys.path.remove(str(TPU))
+    """tpu/capacity.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("capacity", TPU / "capacity.py")
+    capacity = importlib.util.module_from_spec(spec)
+    sys.modules["capacity"] = capacity  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(capacity)
     return capacity
 
 

@@ -41,7 +41,6 @@ def _free_port() -> int:
 def _write_acts(path: Path, n: int, d: int, seed: int) -> None:
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
     from jaxcoders.toy.synthetic import SyntheticSpec, make_dictionary
 
     planted = make_dictionary(SyntheticSpec(activation_dim=d, n_shared=4 * d, n_chat_only=d // 4,

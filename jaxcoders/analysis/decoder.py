@@ -1,4 +1,4 @@
-"""Decoder-only latent metrics (SPEC section 6): relative norm Δ, tags, decoder cosines, twins.
+"""Decoder-only latent metrics (docs/method.md §6): relative norm Δ, tags, decoder cosines, twins.
 
 No activations needed. Model index 0 = base, 1 = chat. All metrics use the model's own decoder
 (the crosscoder's input space).

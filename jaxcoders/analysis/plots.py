@@ -19,7 +19,8 @@ from jaxcoders.analysis import decoder
 COLORS = {"chat-only": "tab:red", "base-only": "tab:blue", "shared": "tab:green", "other": "tab:gray"}
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,15 +29,16 @@ def _plt():
     return plt
 
 
-def _save(fig, path):
+def save_figure(fig, path):
+    """Save every figure of the analysis the same way (tight layout, 110 dpi) and close it."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def delta_norm_hist(table, path):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     d = table["delta_norm"].to_numpy(dtype=float)
     d = d[np.isfinite(d)]
@@ -48,11 +50,11 @@ def delta_norm_hist(table, path):
     ax.set_ylabel("latents")
     counts = {t: int(np.sum(table["tag"].to_numpy() == t)) for t in decoder.TAGS}
     ax.set_title(", ".join(f"{t}: {n}" for t, n in counts.items()), fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def nu_scatter(table, path, *, mirror: bool = False):
-    plt = _plt()
+    plt = pyplot()
     pre, tag = ("mirror_", "base-only") if mirror else ("", "chat-only")
     sel = table["tag"].to_numpy() == tag
     ne = table[f"{pre}nu_error"].to_numpy(dtype=float)[sel]
@@ -77,11 +79,11 @@ def nu_scatter(table, path, *, mirror: bool = False):
     ax.set_xlabel(r"$\nu^\varepsilon$ (error ratio)  — high: Complete Shrinkage")
     ax.set_ylabel(r"$\nu^r$ (reconstruction ratio)  — high: Latent Decoupling")
     ax.set_title(f"Latent Scaling of {tag} latents ({ne.size}), probe = {probe} decoder row", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def frequency_hist(table, path):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     freq = table["frequency"].to_numpy(dtype=float)
     tags = table["tag"].to_numpy()
@@ -97,11 +99,11 @@ def frequency_hist(table, path):
     ax.set_ylabel("latents")
     ax.set_title(f"firing frequency per tag (dead: {dead})", fontsize=9)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def decoder_cos_hist(table, path):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     cos = table["decoder_cos"].to_numpy(dtype=float)
     tags = table["tag"].to_numpy()
@@ -112,7 +114,7 @@ def decoder_cos_hist(table, path):
     ax.set_xlabel("cos(base decoder row, chat decoder row)")
     ax.set_ylabel("latents")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_plots(table, out_dir) -> dict:
@@ -126,3 +128,26 @@ def write_plots(table, out_dir) -> dict:
     if "frequency" in table:
         paths["frequency_hist"] = frequency_hist(table, out_dir / "frequency_hist.png")
     return paths
+
+
+def slot_ratio_scatter(t, out):
+    """Tied crosscoder: r_chat against r_base per latent, with the chat-corner thresholds."""
+    plt = pyplot()
+    rb, rc = t["r_base"].to_numpy(float), t["r_chat"].to_numpy(float)
+    ok = np.isfinite(rb) & np.isfinite(rc)
+    fin = np.r_[rb[ok], rc[ok]]
+    cap = max(1.05, float(np.quantile(fin, 0.99)) * 1.05) if fin.size else 1.05  # ratios above: drawn at the edge
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    ax.scatter(np.clip(rb[ok], 0, cap), np.clip(rc[ok], 0, cap), s=8, alpha=0.6, c="0.4")
+    inf = (~np.isfinite(rb) | ~np.isfinite(rc)) & ~(np.isnan(rb) | np.isnan(rc))
+    if inf.any():
+        clip = lambda r: np.clip(np.nan_to_num(r[inf], posinf=cap), 0, cap)
+        ax.scatter(clip(rb), clip(rc), s=14, marker="^", c="tab:purple",
+                   label=f"shared slot never fires ({int(inf.sum())})")
+        ax.legend(fontsize=8)
+    ax.axhline(0.15, color="tab:red", ls="--", lw=1)
+    ax.axvline(0.04, color="tab:red", ls="--", lw=1)
+    ax.set_xlabel("r_base = count(base slot) / count(shared slot)")
+    ax.set_ylabel("r_chat = count(chat slot) / count(shared slot)")
+    ax.set_title("tied crosscoder slot ratios (chat corner: r_chat > .15, r_base < .04)", fontsize=9)
+    return save_figure(fig, out)

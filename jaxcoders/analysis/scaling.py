@@ -1,4 +1,4 @@
-"""Latent Scaling (SPEC section 6; paper arXiv 2504.02922): is a "chat-only" latent really absent from base?
+"""Latent Scaling (docs/method.md §6; paper arXiv 2504.02922): is a "chat-only" latent really absent from base?
 
 For latent j with probe direction d_j (a decoder row, unnormalized) and per-token targets y_{j,n},
 the least-squares scale of f_j d_j that best explains y is
@@ -193,7 +193,7 @@ def make_accumulator(cfg, latents: Optional[Sequence[int]] = None, mirror: bool 
 def latent_scaling(model, acts, *, batch_size: int = 4096, latents: Optional[Sequence[int]] = None,
                    mirror: bool = False, dtype: str = "float32", mesh=None, max_rows: Optional[int] = None,
                    progress: bool = False) -> dict:
-    """Closed-form Latent Scaling β for every latent and target, and ν (SPEC section 6).
+    """Closed-form Latent Scaling β for every latent and target, and ν (docs/method.md §6).
 
     Args:
       model: a `CrossCoder`, (cfg, params, buffers), or a path to a reference directory / workdir.

@@ -11,7 +11,7 @@ from jaxcoders.core.tied import slot_ratio
 
 
 def slot_statistics(model, acts_NMD, batch_size: int = 4096, corner=(0.15, 0.04)) -> dict:
-    """Per-latent firing counts of each slot on (normalized) inputs and the ratios of SPEC section 4.
+    """Per-latent firing counts of each slot on (normalized) inputs and the ratios of docs/method.md §4.
 
     Returns numpy arrays: count_shared/base/chat (F,), r_base = count_base / count_shared,
     r_chat = count_chat / count_shared (see `slot_ratio`), l0 per slot and total, and

@@ -1,9 +1,9 @@
-"""Usage statistics of a crosscoder over a token stream (SPEC section 6), as a stream accumulator.
+"""Usage statistics of a crosscoder over a token stream (docs/method.md §6), as a stream accumulator.
 
 Per latent: firing frequency (share of tokens with a non-zero inference code), mean latent
 activation over the tokens where it fires and over all tokens, max activation, dead (never
-fires). "Activation" is the scaled latent activation f·c of statistics and dashboards (SPEC
-section 1; DECOUPLED: summed over models). Per model: FVE `1 − Σ_d Var(x − x̂)_d / Σ_d Var(x)_d`
+fires). "Activation" is the scaled latent activation f·c of statistics and dashboards
+(docs/method.md §1; DECOUPLED: summed over models). Per model: FVE `1 − Σ_d Var(x − x̂)_d / Σ_d Var(x)_d`
 pooled over the whole stream (Chan's parallel variance merge, a ratio of sums, not a mean of
 per-batch ratios) and MSE `E ||x_m − x̂_m||²`. L0 = mean number of active latents per token
 (DECOUPLED: also per model). Optional per-row labels (e.g. token classes: BOS, template/control,

@@ -21,7 +21,7 @@ Dtypes: "float32" (default; f32 math, per-batch sums folded into Kahan-compensat
 accumulators, finalised in float64 on the host) or "float64" (everything in f64 under a local
 `jax.enable_x64` context; the process-wide setting is not touched).
 
-Input normalization: a model that normalizes its inputs (SPEC section 5) is analysed in its own
+Input normalization: a model that normalizes its inputs (docs/method.md §5) is analysed in its own
 (normalized) space: x, x̂, decoder rows and b_dec are all taken there. Fold the normalizer into
 the weights first (`jaxcoders.crosscoder.fold_normalization`) to analyse in raw units.
 """
@@ -30,8 +30,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import queue
-import threading
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Optional
@@ -41,11 +39,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxcoders.core.crosscoder import code_normalization, normalize_input, select_threshold
-from jaxcoders.core.ops import bf16_product
-from jaxcoders.core.params import CrossCoderBuffers, CrossCoderParams
 from jaxcoders.analysis import mesh as meshes
 from jaxcoders.config import CrossCoderConfig
+from jaxcoders.core.crosscoder import (
+    code_normalization,
+    normalize_input,
+    select_threshold,
+)
+from jaxcoders.core.ops import bf16_product
+from jaxcoders.core.params import CrossCoderBuffers, CrossCoderParams
+from jaxcoders.data import prefetch as data_prefetch
+from jaxcoders.progress import progress_bar
 
 DTYPES = ("float32", "float64")
 
@@ -88,7 +92,7 @@ def resolve_model(model) -> tuple[CrossCoderConfig, CrossCoderParams, CrossCoder
 
 
 def model_names(num_models: int) -> tuple[str, ...]:
-    """Column names of the models: index 0 = base, 1 = chat (SPEC notation), then m2, m3, ..."""
+    """Column names of the models: index 0 = base, 1 = chat (docs/method.md notation), then m2, m3, ..."""
     return ("base", "chat") + tuple(f"m{i}" for i in range(2, num_models))
 
 
@@ -210,34 +214,9 @@ def _rebatch(batches: Iterable, batch_size: int, max_rows: Optional[int]) -> Ite
 
 def prefetch_iter(gen, n: int = 2):
     """The items of `gen`, produced by a background thread up to `n` items ahead (n <= 0: inline).
-    An exception in the producer is re-raised here; closing the consumer stops the producer."""
-    if n <= 0:
-        yield from gen
-        return
-    q: queue.Queue = queue.Queue(maxsize=n)
-    done, stop = object(), threading.Event()
-
-    def worker():
-        try:
-            for item in gen:
-                if stop.is_set():
-                    return
-                q.put(item)
-            q.put(done)
-        except BaseException as e:  # re-raised in the consumer
-            q.put(e)
-
-    threading.Thread(target=worker, daemon=True).start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
+    An exception in the producer is re-raised here; closing the consumer stops the producer
+    (`jaxcoders.data.prefetch.prefetch_iter`)."""
+    return data_prefetch.prefetch_iter(gen, n)
 
 
 def iter_batches(acts, batch_size: int, *, labels: Optional[dict] = None, max_rows: Optional[int] = None,
@@ -345,11 +324,7 @@ def run_pass(model, acts, accumulators, *, batch_size: int = 4096, dtype: str = 
         total = num_rows(acts)
         if total is not None and max_rows is not None:
             total = min(total, int(max_rows))
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, unit="tok", unit_scale=True, desc="analysis pass")
+        bar = progress_bar(total, "analysis pass", "tok", unit_scale=True) if progress else None
         n_tok = 0
         M, D = cfg.num_models, cfg.activation_dim
         for x_np, lab_np in iter_batches(acts, B, labels=labels, max_rows=max_rows, prefetch=prefetch):

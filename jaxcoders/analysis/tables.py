@@ -4,7 +4,7 @@
 usage statistics and Latent Scaling; `write_outputs` writes `<out>/latents.parquet` (CSV when
 pyarrow is missing), `<out>/summary.json` and the PNG plots (`jaxcoders.analysis.plots`).
 
-Paper selection (arXiv 2504.02922; SPEC section 6): a latent is *genuinely chat-specific* when
+Paper selection (arXiv 2504.02922; docs/method.md §6): a latent is *genuinely chat-specific* when
 Δ ≥ 0.9, ν^ε < 0.2 and ν^r < 0.5. The mirror criterion for base-only latents uses the mirror
 probe: Δ ≤ 0.1, mirror ν^ε < 0.2, mirror ν^r < 0.5.
 """

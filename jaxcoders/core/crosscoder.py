@@ -1,15 +1,15 @@
 """The crosscoder: pure functions over a params NamedTuple, and a thin Flax NNX shell.
 
-Shapes (SPEC.md section 1): B batch, M models (index 0 = base, 1 = chat), D d_model, F latents.
+Shapes (docs/method.md §1): B batch, M models (index 0 = base, 1 = chat), D d_model, F latents.
 
     pre_BF  = sum_m x_BMD[:, m] @ w_enc_MDF[m] + b_enc_F        f_BF = ReLU(pre_BF)
     x̂_BMD[:, m] = f @ w_dec_MFD[m] + b_dec_MD[m]
 
-Code normalization c (SPEC section 1) scales the code for the L1 penalty, for BatchTopK
+Code normalization c (docs/method.md §1) scales the code for the L1 penalty, for BatchTopK
 selection and for the "latent activation" reported by statistics (`f * c`); decoding always uses
 the unscaled code f.
 
-BatchTopK (SPEC section 3): training keeps the k*B largest entries of the scaled score `f * c`
+BatchTopK (docs/method.md §3): training keeps the k*B largest entries of the scaled score `f * c`
 over the whole batch (values: the unscaled f); inference keeps `f_j` where `f_j c_j > theta`
 (strictly). DECOUPLED code: per model scores `f * ||W_dec[m]||`, per-model selection and theta,
 codes of shape (B, M, F).
@@ -36,7 +36,7 @@ def decoder_norms(w_dec_MFD: jax.Array) -> jax.Array:
 
 
 def code_normalization(cfg: CrossCoderConfig, w_dec_MFD: jax.Array) -> jax.Array:
-    """c_j of SPEC section 1: (F,), or (M, F) for DECOUPLED."""
+    """c_j of docs/method.md §1: (F,), or (M, F) for DECOUPLED."""
     w_dec_MFD = tie_shared_rows(cfg, w_dec_MFD)
     n_MF = decoder_norms(w_dec_MFD)
     kind = cfg.code_normalization
@@ -151,7 +151,7 @@ def decode(cfg: CrossCoderConfig, params: CrossCoderParams, f: jax.Array, *, add
 
 
 def normalize_input(cfg: CrossCoderConfig, buffers: CrossCoderBuffers, x_BMD: jax.Array) -> jax.Array:
-    """(x - mean) * s (SPEC section 5); identity when the model has no input normalization."""
+    """(x - mean) * s (docs/method.md §5); identity when the model has no input normalization."""
     if not cfg.input_normalization:
         return x_BMD
     scale = jnp.reshape(buffers.act_scale, (-1, 1))  # () -> (1,1); (M,) -> (M,1)
@@ -159,7 +159,7 @@ def normalize_input(cfg: CrossCoderConfig, buffers: CrossCoderBuffers, x_BMD: ja
 
 
 def denormalize_output(cfg: CrossCoderConfig, buffers: CrossCoderBuffers, y_BMD: jax.Array) -> jax.Array:
-    """y / (s + 1e-8) + mean (SPEC section 5); identity without input normalization."""
+    """y / (s + 1e-8) + mean (docs/method.md §5); identity without input normalization."""
     if not cfg.input_normalization:
         return y_BMD
     scale = jnp.reshape(buffers.act_scale, (-1, 1))

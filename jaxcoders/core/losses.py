@@ -1,4 +1,4 @@
-"""Training losses and the dead-latent bookkeeping that goes with them (SPEC.md sections 2-3).
+"""Training losses and the dead-latent bookkeeping that goes with them (docs/method.md §2–3).
 
 All functions are pure and jit-friendly; `params` is a `CrossCoderParams`, x is (B, M, D) and
 already normalized. Each loss returns `(loss, aux)` where `aux` holds the (stop-gradient) values
@@ -96,7 +96,7 @@ def auxk_loss(
     top_k_aux: int,
     mesh=None,
 ) -> jax.Array:
-    """Auxiliary loss that revives dead latents (SPEC section 3).
+    """Auxiliary loss that revives dead latents (docs/method.md §3).
 
     Per token, the top min(top_k_aux, #dead) dead latents by the detached score f*c reconstruct
     the detached residual without decoder bias; normalized by the residual's variance:

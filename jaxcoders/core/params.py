@@ -16,7 +16,7 @@ import numpy as np
 from jaxcoders.config import CodeNormalization, CrossCoderConfig
 
 
-NORM_EPS = 1e-8  # SPEC section 5: s = target_rms / sqrt(sum std^2 + 1e-8); denorm y / (s + 1e-8)
+NORM_EPS = 1e-8  # docs/method.md §5: s = target_rms / sqrt(sum std^2 + 1e-8); denorm y / (s + 1e-8)
 
 
 class CrossCoderParams(NamedTuple):
@@ -35,7 +35,7 @@ class CrossCoderBuffers(NamedTuple):
       (then every positive latent passes). Unused for L1 (kept at -1).
     k: () int32, BatchTopK k (0 for L1).
     act_mean_MD, act_std_MD: input normalization statistics, NaN-filled when unused.
-    act_scale: () (one global scale, SPEC section 5) or (M,) (per-model scalars); 1 when unused.
+    act_scale: () (one global scale, docs/method.md §5) or (M,) (per-model scalars); 1 when unused.
     target_rms: () float32, the normalization's target RMS (reference field; 1.0 by default).
     """
 
@@ -60,7 +60,7 @@ def tie_shared_rows(cfg: CrossCoderConfig, w_dec_MFD: jax.Array) -> jax.Array:
 
 
 def init_params(cfg: CrossCoderConfig, key: jax.Array) -> CrossCoderParams:
-    """The reference's initialisation (SPEC section 1), not bit-identical to torch's RNG.
+    """The reference's initialisation (docs/method.md §1), not bit-identical to torch's RNG.
 
     kaiming_uniform (gain sqrt 2, torch's fan-in convention: F for a (D, F) matrix, D*F for an
     (M, D, F) tensor); optional column rescale to `norm_init_scale`; decoder = encoder transpose
@@ -129,7 +129,7 @@ def normalization_buffers(
     target_rms: float = 1.0,
     per_model_scale=None,
 ) -> CrossCoderBuffers:
-    """Buffers with input normalization statistics set (SPEC section 5).
+    """Buffers with input normalization statistics set (docs/method.md §5).
 
     Either the global scale `s = target_rms / sqrt(sum_{m,d} std^2 + 1e-8)` from `std_MD`, or the
     simpler per-model scalars `per_model_scale` (M,), e.g. sqrt(D) / E||x_m||."""

@@ -2,7 +2,7 @@
 
 BatchTopK keeps n = k·B of the B·F code entries, so of the dense step's five (B, M·D, F)-sized
 matmuls only the encoder forward is needed densely (every score must be known to select). This
-module computes the rest over the selected entries (SPEC.md section 3 semantics unchanged):
+module computes the rest over the selected entries (docs/method.md §3 semantics unchanged):
 
     pre_BF   = x W_enc                             dense, no gradient; f = ReLU(pre + b_enc) and the
                                                    scores f·c are recomputed inside each consumer,

@@ -54,12 +54,12 @@ def tied_loss(cfg: CrossCoderConfig, tcfg: TrainConfig, params, x_BMD: jax.Array
 
 
 def tied_lambda_warmup_steps(total_steps: int) -> int:
-    """SPEC section 4: λ warms up linearly over the first 5% of steps."""
+    """docs/method.md §4: λ warms up linearly over the first 5% of steps."""
     return max(1, int(0.05 * total_steps))
 
 
 def tied_decay_start(total_steps: int) -> int:
-    """SPEC section 4: LR constant for 80% of the run, then linear decay to 0."""
+    """docs/method.md §4: LR constant for 80% of the run, then linear decay to 0."""
     return int(0.8 * total_steps)
 
 

@@ -20,24 +20,24 @@ How rows are ordered (all of it a pure function of seed, epoch and position, so 
 * Shuffle buffer. A process's windows are grouped into blocks of `shuffle_buffer_rows` rows; a block
   is read with large sequential reads and its rows are permuted (seeded) in memory. Memory is
   bounded by two blocks per stream (the one in use, the next one being prefetched).
-* Prefetch. Block reads are issued asynchronously one block ahead; a background thread assembles
-  `prefetch` batches ahead and moves them to the device (optionally normalizing them).
+* Prefetch. Block reads are issued asynchronously one block ahead; a background thread
+  (prefetch.py) assembles `prefetch` batches ahead and moves them to the device (optionally
+  normalizing them).
 
 Local batches: each process yields batch_size / process_count rows, the same share of every
 dataset; with `sharding=` the loader returns the global `jax.Array` built from every process's
 local rows (`jax.make_array_from_process_local_data`). Normalization (`normalize=True`) follows
-SPEC.md section 5 with the store's train statistics: `(x − mean)·s`, `s = target_rms / sqrt(Σ_{m,d}
+docs/method.md §5 with the store's train statistics: `(x − mean)·s`, `s = target_rms / sqrt(Σ_{m,d}
 std² + 1e-8)`; output float32.
 """
 from __future__ import annotations
 
-import queue
-import threading
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from jaxcoders.data.store import ActivationStore, StoreError
+from jaxcoders.data.prefetch import Prefetcher
+from jaxcoders.data.store import ActivationStore
 
 STATE_VERSION = 1
 
@@ -200,7 +200,7 @@ class Loader:
       shuffle_buffer_rows: rows shuffled together in memory per stream (≥ one window).
       num_epochs: None = endless; else stop when every stream has finished this many epochs.
       drop_remainder: with num_epochs and a single stream, whether the last partial batch is dropped.
-      normalize / target_rms: SPEC.md section 5 normalization with the store's train statistics.
+      normalize / target_rms: docs/method.md §5 normalization with the store's train statistics.
       dtype: output dtype (default: the store's dtype, float32 when normalizing).
       prefetch: batches prepared ahead by a background thread (0 = synchronous).
       process_index / process_count: this process and how many read the store (default: jax's).
@@ -378,7 +378,7 @@ class Loader:
             for x, r, step, pos in gen:
                 yield self._to_device(x), r, step, pos
 
-        src = produce() if self.prefetch <= 0 else _Prefetch(produce(), self.prefetch)
+        src = produce() if self.prefetch <= 0 else Prefetcher(produce(), self.prefetch)
         self._iter_gen = src
         return self._consume(src)
 
@@ -391,9 +391,10 @@ class Loader:
         raise TypeError("Loader is iterable, not an iterator: use `for x in loader` or `it = iter(loader)`.")
 
     def close(self) -> None:
-        """Stop the prefetch thread (iteration later restarts from the cursor)."""
-        if isinstance(self._iter_gen, _Prefetch):
-            self._iter_gen.close()
+        """Stop the prefetch thread and wait for it, so that no other thread touches the streams
+        afterwards (iteration later restarts from the cursor)."""
+        if isinstance(self._iter_gen, Prefetcher):
+            self._iter_gen.close(wait=True)
         self._iter_gen = None
 
     def __del__(self):
@@ -415,54 +416,3 @@ def _shares(n: int, weights: Sequence[float]) -> list[int]:
     for i in np.argsort(-(raw - out), kind="stable")[: n - int(out.sum())]:
         out[i] += 1
     return [int(v) for v in out]
-
-
-class _Prefetch:
-    """Run a generator `depth` items ahead in a daemon thread; exceptions are re-raised in order."""
-
-    _END = object()
-
-    def __init__(self, gen, depth: int):
-        self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, args=(gen,), daemon=True)
-        self._t.start()
-
-    def _run(self, gen):
-        try:
-            for item in gen:
-                if not self._put(item):
-                    return
-            self._put(self._END)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            self._put(e)
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def __iter__(self):
-        while not self._stop.is_set():
-            item = self._q.get()
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self):
-        """Stop the thread and wait for it, so that no other thread touches the streams afterwards."""
-        self._stop.set()
-        if threading.current_thread() is self._t:
-            return
-        while self._t.is_alive():
-            try:
-                self._q.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        self._t.join()

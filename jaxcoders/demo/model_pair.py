@@ -45,6 +45,7 @@ for _k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from jaxcoders.demo import corpus  # noqa: E402
+from jaxcoders.progress import progress_bar  # noqa: E402
 
 RECIPE_VERSION = 1  # bump when the training code changes what a recipe produces
 
@@ -211,11 +212,7 @@ def _train_loop(model, make_batch, steps: int, lr: float, recipe: Recipe, desc: 
     opt = _optimizer(model, recipe, lr)
     model.train()
     losses = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=desc, unit="step", leave=False)
+    bar = progress_bar(steps, desc, "step", leave=False) if progress else None
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr)

@@ -47,7 +47,6 @@ def _batches(cfg):
 def benchmark(cfg, repeats: int = 2) -> dict:
     import dataclasses
 
-    import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -122,12 +121,9 @@ def benchmark(cfg, repeats: int = 2) -> dict:
 
 
 def main() -> None:
-    import sys
-    from pathlib import Path
 
     from absl import app, flags
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     flags.DEFINE_string("base_model", None, "Base model dir / hub name.")
     flags.DEFINE_string("chat_model", None, "Chat model dir / hub name.")
     flags.DEFINE_integer("layer", None, "Block L.")

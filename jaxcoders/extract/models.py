@@ -1,6 +1,6 @@
 """Load a causal LM with `transformers` and compute its residual stream after block L (torch).
 
-"After block L" is HF's `hidden_states[L + 1]` (SPEC.md section 8). The forward pass stops after
+"After block L" is HF's `hidden_states[L + 1]` (docs/method.md §8). The forward pass stops after
 block L: the decoder layers after L are deleted from the loaded model (their memory is freed) and
 a forward hook on block L records its output and raises `_StopForward`, so neither the later
 blocks, the final norm nor the LM head run. Everything up to block L is the model's own, unmodified

@@ -29,25 +29,29 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import queue
 import shutil
 import sys
-import threading
 import time
 from typing import Any, Iterator
 
 import numpy as np
 
 from jaxcoders.data import store as store_lib
+from jaxcoders.data.prefetch import Prefetcher
 from jaxcoders.data.store import StoreError, StoreWriter, TokenClass, normalize_url
 from jaxcoders.extract import models as models_lib
 from jaxcoders.extract import text as text_lib
 from jaxcoders.extract.config import (  # noqa: F401 - re-exported: the extraction API in one place
-    DatasetSpec, ExtractConfig, dataset_specs, per_dataset, round_docs)
+    DatasetSpec,
+    ExtractConfig,
+    dataset_specs,
+    per_dataset,
+    round_docs,
+)
 from jaxcoders.extract.models import ModelError
 from jaxcoders.extract.text import DataError
-from jaxcoders.extract.models import first_line
 from jaxcoders.extract.writer import ExtractionError, StoreFeeder
+from jaxcoders.progress import progress_bar
 
 log = logging.getLogger("jaxcoders.extract")
 
@@ -121,44 +125,6 @@ def _batches(rnd: _Round, batch_size: int) -> list[list[_Seq]]:
         seqs = sorted(seqs, key=lambda s: (-len(s.ids), s.doc))
     return [seqs[i:i + batch_size] for i in range(0, len(seqs), batch_size)]
 
-
-class _Prefetch:
-    """Run a generator in a background thread, `depth` items ahead (exceptions re-raised)."""
-
-    _END = object()
-
-    def __init__(self, gen: Iterator, depth: int = 2):
-        self._q: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, args=(gen,), daemon=True)
-        self._t.start()
-
-    def _run(self, gen):
-        try:
-            for item in gen:
-                while not self._stop.is_set():
-                    try:
-                        self._q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        pass
-                if self._stop.is_set():
-                    return
-            self._q.put(self._END)
-        except BaseException as e:  # noqa: BLE001 - forwarded to the consumer
-            self._q.put(e)
-
-    def __iter__(self):
-        while True:
-            item = self._q.get()
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self):
-        self._stop.set()
 
 # --------------------------------------------------------------------------------------------
 # Checks before anything is written
@@ -368,13 +334,10 @@ class _Extraction:
         self.tokens = 0
 
     def run(self) -> None:
-        from tqdm.auto import tqdm
-
         meta = self.writer.metadata
         total = sum(s["max_rows"] for s in meta["sources"])
-        quiet = (not self.cfg.progress) or bool(os.environ.get("CI"))
-        bar = tqdm(total=total, initial=meta["num_rows"], unit="tok", unit_scale=True, dynamic_ncols=True,
-                   desc="extract", disable=True if quiet else None, smoothing=0.1)
+        bar = progress_bar(total, "extract", "tok", enabled=self.cfg.progress, initial=meta["num_rows"],
+                           unit_scale=True, dynamic_ncols=True, smoothing=0.1)
         self.bar = bar
         # Up to ~64k rows may wait for the writer (≈ 600 MB for Gemma-2-2B in bf16).
         w = StoreFeeder(self.writer, max_items=-(-65536 // (self.cfg.batch_size * self.cfg.seq_len)))
@@ -418,9 +381,9 @@ class _Extraction:
         self.bar.set_description(f"extract {d.name}:{src['split']}")
         docs = text_lib.iter_docs(self.handles[(src["dataset_id"], src["data_split"])], d.column,
                                   cursor["round_start_doc"])
-        rounds = _Prefetch(_rounds(docs, cursor["round_start_doc"], cursor["rows_before"], src["max_rows"],
-                                   self.encoders[src["dataset_id"]], round_docs(self.cfg.batch_size),
-                                   d.ignore_first_n, self.bos_id, self.cfg.drop_bos), depth=2)
+        rounds = Prefetcher(_rounds(docs, cursor["round_start_doc"], cursor["rows_before"], src["max_rows"],
+                                    self.encoders[src["dataset_id"]], round_docs(self.cfg.batch_size),
+                                    d.ignore_first_n, self.bos_id, self.cfg.drop_bos), depth=2)
         end_doc, seqs_before, first = cursor["round_start_doc"], cursor["seqs_before"], True
         try:
             for rnd in rounds:

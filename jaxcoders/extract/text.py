@@ -7,7 +7,7 @@
   re-tokenizing what is already stored).
 * `encode_texts` / `encode_chats`: token ids truncated to seq_len plus a `TokenClass` per token.
   Chats are rendered with the chat model's template and tokenized once; both models then see the
-  identical ids (SPEC.md section 8). Token classes come from character spans: a token whose
+  identical ids (docs/method.md §8). Token classes come from character spans: a token whose
   first character lies inside a message's content gets that message's role; everything else
   the template produced (turn markers, role names, newlines) is TEMPLATE; the BOS id is BOS.
 * `tokenizer_mismatch`: which ids the base and chat tokenizers disagree on.

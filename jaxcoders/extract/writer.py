@@ -54,7 +54,7 @@ class StoreFeeder:
         if n == cs:
             return None
         st = store_lib.ActivationStore(self.w.url, self.w.metadata)
-        return cs, st.read(slice(cs, n)), {k: st.read_column(k, slice(cs, n)) for k in store_lib._ROW_ARRAYS}
+        return cs, st.read(slice(cs, n)), {k: st.read_column(k, slice(cs, n)) for k in store_lib.ROW_ARRAYS}
 
     def put(self, item) -> None:
         while True:
@@ -130,7 +130,7 @@ class StoreFeeder:
             assert expect == rows[-1]["start"] + len(rows[-1]["acts"]), "rows must be appended contiguously"
             cat = (lambda xs: xs[0] if len(xs) == 1 else np.concatenate(xs))
             acts = cat([a for a, _ in parts])
-            cols = {k: cat([np.asarray(r[k]) for _, r in parts]) for k in store_lib._ROW_ARRAYS}
+            cols = {k: cat([np.asarray(r[k]) for _, r in parts]) for k in store_lib.ROW_ARRAYS}
             self.w.write_rows(start, acts, **cols)
             self._maybe_kill("write")
         for it in items:

@@ -1,4 +1,4 @@
-"""jaxcoders.interventions: causal evaluation of crosscoder edits and online analysis (SPEC.md section 6).
+"""jaxcoders.interventions: causal evaluation of crosscoder edits and online analysis (docs/method.md §6).
 
 Modules (torch is imported only by the torch-side ones, and only when they are used):
 

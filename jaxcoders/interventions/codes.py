@@ -2,7 +2,7 @@
 
 Everything is in the models' raw residual space (the crosscoder's input normalization, if any, is
 undone by `CrossCoder.decode`), so the results can be added to residual streams directly.
-Notation (SPEC.md section 6): h_b, h_c = base / chat residual after block L for the same token;
+Notation (docs/method.md §6): h_b, h_c = base / chat residual after block L for the same token;
 f = crosscoder code of (h_b, h_c) (inference semantics: BatchTopK thresholded; DECOUPLED and tied
 codes keep their per-model / per-slot shape); x̂_m(f) = f W_dec[m] + b_dec[m] (raw space);
 f|_S = f with every latent outside S set to 0 (all slots / models).
@@ -165,7 +165,7 @@ def split_by_nu(table, *, nu_column: str = "nu_error", chat_only: float = 0.9) -
     `table` is a mapping / data frame with `delta_norm` and `nu_column` (the latent table written by
     `experiments/analyze.py` or `latent_scaling.py`; the row index is the latent, or a `latent`
     column). Latents with NaN ν are dropped; with an odd count the middle latent is left out so both
-    halves have the same size (the paper compares equal-sized halves, SPEC section 6).
+    halves have the same size (the paper compares equal-sized halves, docs/method.md §6).
     """
     cols = list(table.columns) if hasattr(table, "columns") else list(table)
     for c in ("delta_norm", nu_column):

@@ -1,4 +1,4 @@
-"""The residual edits of the causal evaluation (SPEC.md section 6), in torch.
+"""The residual edits of the causal evaluation (docs/method.md §6), in torch.
 
 Notation: h_b, h_c = the base / chat residual after block L (HF `hidden_states[L+1]`) on the same
 token ids; f = crosscoder code of (h_b, h_c); x̂_m(f) = f W_dec[m] + b_dec[m] (raw residual space);
@@ -25,7 +25,7 @@ block L and the chat model's blocks L+1.., final norm and LM head continue (refe
 `all_latents` = x̂_c(f) + (h_b − x̂_b(f)): the chat reconstruction plus the *base* error. With a
 perfect reconstruction (x̂_m = h_m) it is exactly h_c, so the chat model's logits come back (the
 test of this package); without the bias difference it is h_c − (b_dec^c − b_dec^b), which the
-reference evaluated (SPEC section 6: "include the decoder-bias difference — the reference forgets
+reference evaluated (docs/method.md §6: "include the decoder-bias difference — the reference forgets
 it"). DECOUPLED BatchTopK codes use each model's own f_j^m in x̂_m.
 
 Edits apply at every real token position p ≥ `skip_first` (the reference edits all positions);

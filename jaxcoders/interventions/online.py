@@ -2,7 +2,7 @@
 
 Both models run to block L only (`jaxcoders.extract.models.LayerActivations`: the later blocks are
 not even loaded) on the same token ids; the crosscoder encodes each (h_b, h_c) pair and the `top`
-latents by scaled activation f·c (the dashboard activation, SPEC section 6) are listed per token
+latents by scaled activation f·c (the dashboard activation, docs/method.md §6) are listed per token
 with their Δnorm tag. A chat is rendered with the chat model's template (token classes as in
 extraction); a plain prompt is tokenized with the chat model's tokenizer (BOS added), so template
 markup typed into it becomes the template's special tokens.

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from jaxcoders.data.store import TokenClass
+from jaxcoders.progress import progress_bar
 from jaxcoders.interventions import metrics as M
 from jaxcoders.interventions.codes import InterventionError
 from jaxcoders.interventions.edits import DEFAULT_EDITS, EditContext, make_edits
@@ -199,7 +200,7 @@ def run_interventions(cfg: InterventionConfig) -> dict:
 
     # 3. The loop.
     acc = M.Accumulator()
-    bar = _progress(len(convs), cfg.progress)
+    bar = progress_bar(len(convs), "interventions", "conv", enabled=cfg.progress)
     for _, batch in _batches(convs, cfg.batch_size):
         ids, valid_t, cls, valid = _pad_batch(batch, pad_id, device)
         keep, kidx, positions = _scored_selection(batch)
@@ -238,7 +239,7 @@ def run_interventions(cfg: InterventionConfig) -> dict:
     summary = M.summarize(acc, n_boot=cfg.n_boot, seed=cfg.seed)
     result = {
         "config": _jsonable(dataclasses.asdict(cfg)),
-        "layer_convention": "residual after block L = HF hidden_states[L+1] (SPEC section 8)",
+        "layer_convention": "residual after block L = HF hidden_states[L+1] (docs/method.md §8)",
         "scored_positions": "t such that token t+1 is an assistant token; first_k: the first "
                             f"{cfg.first_k} tokens of each assistant turn",
         "ci": f"95% percentile bootstrap over conversations ({cfg.n_boot} resamples, seed {cfg.seed})",
@@ -280,21 +281,6 @@ def format_table(result: dict) -> str:
                              f"{v['mean']:>9.4f} [{v['ci_low']:.4f},{v['ci_high']:.4f}]".rjust(27))
         lines.append(f"{name:<28} {r['continue_with']:<5} " + " ".join(cells))
     return "\n".join(lines)
-
-
-def _progress(total: int, enabled: bool):
-    import sys
-
-    enabled = enabled and not os.environ.get("CI") and sys.stderr.isatty()
-    try:
-        from tqdm import tqdm
-
-        return tqdm(total=total, unit="conv", disable=not enabled)
-    except ImportError:  # pragma: no cover
-        class _Null:
-            def update(self, n): pass
-            def close(self): pass
-        return _Null()
 
 
 def _jsonable(obj):

@@ -1,6 +1,6 @@
 """A causal LM split after block L (torch): read the residual there, or replace it and continue.
 
-"The residual after block L" is HF's `hidden_states[L + 1]` (SPEC.md section 8), the tensor the
+"The residual after block L" is HF's `hidden_states[L + 1]` (docs/method.md §8), the tensor the
 crosscoder was trained on. A forward hook on block L (for the last block: on the final norm, whose
 output is HF's last `hidden_states` entry) records that tensor and, when a replacement is set,
 returns the replacement instead, so blocks L+1.. (or the LM head) continue from the edited residual.

@@ -1,4 +1,4 @@
-"""Checkpoints in the reference layout (SPEC.md section 7): import and export.
+"""Checkpoints in the reference layout (docs/method.md §7): import and export.
 
 A reference crosscoder directory holds `model.safetensors`, `config.json` and (optionally)
 `trainer_config.json`. Tensors:
@@ -93,7 +93,7 @@ def _locate(path: os.PathLike | str) -> tuple[Path, Optional[Path]]:
                 return p / name, p
         raise ReferenceFormatError(
             f"{p} is not a crosscoder directory: it has no {WEIGHTS_FILE} (expected the reference layout "
-            f"{WEIGHTS_FILE} + {CONFIG_FILE}, see SPEC section 7)"
+            f"{WEIGHTS_FILE} + {CONFIG_FILE}, see docs/method.md §7)"
         )
     if p.is_file():
         return p, p.parent if (p.parent / CONFIG_FILE).is_file() else None

@@ -26,7 +26,6 @@ def abstract_train_state(cfg, tcfg, mesh):
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from jaxcoders.training import sharding as shd
     from jaxcoders.core.params import default_buffers, init_params
     from jaxcoders.training.state import TrainState, train_state_specs
     from jaxcoders.training.optimizer import make_optimizer

@@ -1,5 +1,5 @@
 """Planted ground-truth benchmark for model diffing: does a crosscoder find what was planted, and
-does it invent chat-only latents for concepts that are in fact shared (SPEC section 6; the paper's
+does it invent chat-only latents for concepts that are in fact shared (docs/method.md §6; the paper's
 Complete Shrinkage / Latent Decoupling)?
 
 For every trained crosscoder on the same synthetic data (`jaxcoders.toy.synthetic`):

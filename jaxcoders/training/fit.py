@@ -14,6 +14,7 @@ import numpy as np
 from jaxcoders.config import CrossCoderConfig, TrainConfig
 from jaxcoders.core.crosscoder import normalize_input
 from jaxcoders.core.module import CrossCoder
+from jaxcoders.progress import progress_bar
 from jaxcoders.training.schedules import geometric_median, k_plan
 from jaxcoders.training.state import init_train_state
 from jaxcoders.training.step import make_train_step
@@ -48,7 +49,7 @@ def fit(
       batches: iterable of (B, M, D) arrays (numpy or jax), or one (T, B, M, D) array.
       cfg: `TrainConfig` (defaults: the paper's).
       log_every: host sync interval (losses are fetched, non-finite batches reported).
-      progress: show a tqdm progress bar.
+      progress: show progress (a bar on a terminal, periodic lines otherwise).
       callback: called as `callback(step, metrics_numpy)` at each sync.
     Returns:
       (new `CrossCoder` with the trained parameters and buffers, `losses` (T,) float32 numpy:
@@ -83,11 +84,7 @@ def fit(
         losses_dev.clear()
         pending_flags.clear()
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_steps, desc=f"train {mcfg.architecture}", unit="step")
+    bar = progress_bar(total_steps, f"train {mcfg.architecture}", "step") if progress else None
     step = 0
     for step, x in enumerate(batches):
         _check_batch(mcfg, x, step)

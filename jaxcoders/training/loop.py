@@ -31,6 +31,7 @@ from jaxcoders.config import CrossCoderConfig, RunConfig, TrainConfig
 from jaxcoders.core.crosscoder import normalize_input
 from jaxcoders.core.module import CrossCoder
 from jaxcoders.io.reference import save_reference
+from jaxcoders.progress import on_terminal, progress_bar
 from jaxcoders.training import sharding as shd
 from jaxcoders.training.checkpoint import RunCheckpointer
 from jaxcoders.training.evaluate import as_global_batch, evaluate, make_eval_step
@@ -148,12 +149,9 @@ def train_and_evaluate(
         metrics_log.write(row)
         tb.write(row)
 
-    show = progress if progress is not None else (is_writer and not os.environ.get("CI"))
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=run_cfg.steps, initial=start, desc=f"train {model_cfg.architecture}", unit="step")
+    # a progress bar on a terminal; in a log file (or with progress=False) a plain line per log step
+    show = progress if progress is not None else (is_writer and on_terminal())
+    bar = progress_bar(run_cfg.steps, f"train {model_cfg.architecture}", "step", initial=start) if show else None
     t_last, step_last = time.time(), start
     pending = []
     step = start
@@ -188,6 +186,9 @@ def train_and_evaluate(
                 write_metrics(row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss_mean']:.4g}", tok_s=f"{tok_s:,.0f}")
+                elif is_writer and progress is None:
+                    log.info("step %d/%d  loss %.4g  %s tokens/s", step, run_cfg.steps, row["loss_mean"],
+                             f"{tok_s:,.0f}")
             if val_source is not None and run_cfg.eval_every and (step % run_cfg.eval_every == 0 or step == run_cfg.steps):
                 batches = (b for _, b in zip(range(run_cfg.eval_batches), val_source()))
                 row = evaluate(model_cfg, state, batches, mesh, eval_step)

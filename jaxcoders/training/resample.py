@@ -1,4 +1,4 @@
-"""Dead-latent resampling for the L1 crosscoder (SPEC section 2, optional; `TrainConfig.resample_steps`).
+"""Dead-latent resampling for the L1 crosscoder (docs/method.md §2, optional; `TrainConfig.resample_steps`).
 
 The reference (`dictionary_learning` CrossCoderTrainer / CrossCoder.resample_neurons), after the
 optimizer update of every step s with s % resample_steps == 0:

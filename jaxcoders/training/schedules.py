@@ -32,7 +32,7 @@ def lr_schedule(tcfg: TrainConfig, total_steps: Optional[int]) -> Callable[[jax.
 
 
 def k_at_step(tcfg: TrainConfig, k: int, step: int) -> int:
-    """k-annealing (SPEC section 3): k(t) = max(1, round(k_max - (k_max - k) t / T)) for t < T."""
+    """k-annealing (docs/method.md §3): k(t) = max(1, round(k_max - (k_max - k) t / T)) for t < T."""
     k_max = tcfg.k_max if tcfg.k_max is not None else k
     T = tcfg.k_annealing_steps
     if T > 0 and k_max != k and step < T:

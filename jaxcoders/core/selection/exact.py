@@ -1,7 +1,7 @@
 """BatchTopK selection: which entries of a (B, F) score matrix survive batch-global top-k.
 
 Training-mode BatchTopK keeps the `k * B` largest entries of the whole score matrix (not per
-token; SPEC section 3). The selection is not differentiated: callers multiply the unscaled code by
+token; docs/method.md §3). The selection is not differentiated: callers multiply the unscaled code by
 the boolean mask, so gradients flow to the kept entries only (`batch_topk` packages that as a
 custom_vjp whose backward is `g * mask`).
 

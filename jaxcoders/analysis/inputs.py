@@ -1,4 +1,5 @@
-"""Shared plumbing of `experiments/latent_scaling.py` and `experiments/analyze.py` (no absl here).
+"""Opening what the analysis commands read: activations (an ActivationStore or an array file),
+their per-row labels, and a readable name for a crosscoder path (no absl here).
 
 Crosscoder paths: a reference-layout directory (model.safetensors + config.json), or a training
 workdir holding one in `<workdir>/export/` (preferred) or `<workdir>/final/`.
