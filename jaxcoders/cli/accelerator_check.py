@@ -83,7 +83,6 @@ def main(argv):
     sys.exit(1 if failures else 0)
 
 
-
 def run():
     """Entry point of the installed command."""
     run_app(main, __doc__)

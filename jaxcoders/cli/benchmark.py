@@ -478,7 +478,6 @@ def main(argv):
     del jax
 
 
-
 def run():
     """Entry point of the installed command."""
     run_app(main, __doc__)

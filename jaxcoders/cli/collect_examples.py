@@ -112,7 +112,6 @@ def main(argv):
         print(json.dumps({k: str(v) for k, v in paths.items()}))
 
 
-
 def run():
     """Entry point of the installed command."""
     run_app(main, __doc__)

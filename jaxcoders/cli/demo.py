@@ -180,7 +180,6 @@ def main(argv):
     run_demo(cfg)  # its log ends with where to look
 
 
-
 def run():
     """Entry point of the installed command."""
     run_app(main, __doc__)

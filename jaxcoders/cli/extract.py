@@ -93,7 +93,6 @@ def main(argv):
     print(ActivationStore.open(url))
 
 
-
 def run():
     """Entry point of the installed command."""
     run_app(main, __doc__)

@@ -73,7 +73,6 @@ def main(argv):
         print(f"→ {FLAGS.json_out}")
 
 
-
 def run():
     """Entry point of the installed command."""
     run_app(main, __doc__)

@@ -99,7 +99,6 @@ def main(argv):
           f"{result['tokens']['all']} scored tokens → {Path(FLAGS.out) / 'interventions.json'}")
 
 
-
 def run():
     """Entry point of the installed command."""
     run_app(main, __doc__)

@@ -117,7 +117,6 @@ def main(argv):
     sys.stdout.write(md)
 
 
-
 def run():
     """Entry point of the installed command."""
     run_app(main, __doc__)

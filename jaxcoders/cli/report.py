@@ -106,7 +106,6 @@ def main(argv):
                 raise app.UsageError(f"--screenshot: {e}")
 
 
-
 def run():
     """Entry point of the installed command."""
     run_app(main, __doc__)

@@ -127,7 +127,6 @@ def main(argv):
     print(write_outputs(rows, out, header))
 
 
-
 def run():
     """Entry point of the installed command."""
     run_app(main, __doc__)
