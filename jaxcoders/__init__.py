@@ -28,6 +28,7 @@ _LAZY = {
     "train_and_evaluate": "jaxcoders.training.loop",
     "load_reference": "jaxcoders.io.reference",
     "save_reference": "jaxcoders.io.reference",
+    "upload_to_hub": "jaxcoders.io.reference",
     "latent_scaling": "jaxcoders.analysis.scaling",
 }
 

@@ -285,6 +285,11 @@ class RunConfig:
       async_checkpoint: write checkpoints in the background (orbax async).
       tensorboard: also write the metrics as TensorBoard events to `workdir/tensorboard`
         (`jaxcoders.training.metrics`; needs tensorboardX).
+      wandb_project: log the metrics and the config to this Weights & Biases project ("" = off;
+        needs wandb; WANDB_MODE=offline writes the run under WANDB_DIR).
+      wandb_entity: the W&B entity (team or user; "" = your default).
+      wandb_run_name: the W&B run's display name ("" = W&B's choice).
+      wandb_tags: comma-separated W&B tags.
     """
 
     steps: int = 10_000
@@ -300,6 +305,10 @@ class RunConfig:
     export: bool = True
     async_checkpoint: bool = True
     tensorboard: bool = False
+    wandb_project: str = ""
+    wandb_entity: str = ""
+    wandb_run_name: str = ""
+    wandb_tags: str = ""
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:

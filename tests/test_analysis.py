@@ -225,15 +225,15 @@ def test_real_activation_store(tmp_path, fixtures_dir):
 def test_workdir_convention(tmp_path, fixtures_dir):
     import shutil
 
-    from jaxcoders.analysis import stream
+    from jaxcoders.io.sources import find_reference_dir
 
     shutil.copytree(fixtures_dir / "l1_crosscoder" / "model", tmp_path / "run1" / "final")
-    assert stream.find_reference_dir(tmp_path / "run1") == tmp_path / "run1" / "final"
+    assert find_reference_dir(tmp_path / "run1") == tmp_path / "run1" / "final"
     shutil.copytree(fixtures_dir / "l1_crosscoder" / "model", tmp_path / "run1" / "export")
-    assert stream.find_reference_dir(tmp_path / "run1") == tmp_path / "run1" / "export"
+    assert find_reference_dir(tmp_path / "run1") == tmp_path / "run1" / "export"
     assert cli.crosscoder_name(tmp_path / "run1") == "run1"
-    with pytest.raises(FileNotFoundError, match="workdir"):
-        stream.find_reference_dir(tmp_path)
+    with pytest.raises(ValueError, match="workdir"):
+        find_reference_dir(tmp_path)
 
 
 # ----------------------------------------------------------------------------- CLIs

@@ -18,16 +18,8 @@ from typing import Optional
 
 import numpy as np
 
-from jaxcoders.analysis import stats, stream
-
-
-def crosscoder_name(path) -> str:
-    """A readable name for outputs: the directory name (the workdir's for export/ or final/)."""
-    p = Path(path).resolve()
-    ref = stream.find_reference_dir(p)
-    if ref.name in ("export", "final", "model") and ref.parent.name:
-        return ref.parent.name
-    return ref.stem if ref.is_file() else ref.name
+from jaxcoders.analysis import stats
+from jaxcoders.io.sources import crosscoder_name  # noqa: F401 - the commands' name for outputs
 
 
 def _attr(obj, *names):

@@ -31,7 +31,6 @@ import dataclasses
 import functools
 import os
 import time
-from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Optional
 
 import jax
@@ -41,11 +40,7 @@ from jax.sharding import Mesh
 
 from jaxcoders.analysis import mesh as meshes
 from jaxcoders.config import CrossCoderConfig
-from jaxcoders.core.crosscoder import (
-    code_normalization,
-    normalize_input,
-    select_threshold,
-)
+from jaxcoders.core.crosscoder import code_normalization, model_codes, normalize_input, select_threshold
 from jaxcoders.core.ops import bf16_product
 from jaxcoders.core.params import CrossCoderBuffers, CrossCoderParams
 from jaxcoders.data import prefetch as data_prefetch
@@ -57,29 +52,12 @@ DTYPES = ("float32", "float64")
 # ----------------------------------------------------------------------------- model resolution
 
 
-def find_reference_dir(path: os.PathLike | str) -> Path:
-    """The reference-layout directory (model.safetensors + config.json) for `path`.
-
-    `path` is either such a directory, or a training workdir holding one in `<workdir>/export/`
-    (preferred) or `<workdir>/final/`."""
-    p = Path(path)
-    if (p / "model.safetensors").is_file() or p.is_file():
-        return p
-    for sub in ("export", "final"):
-        if (p / sub / "model.safetensors").is_file():
-            return p / sub
-    raise FileNotFoundError(
-        f"{p} is neither a crosscoder directory (model.safetensors + config.json) nor a workdir with "
-        f"one in {p}/export/ or {p}/final/; pass --crosscoder=<reference directory>"
-    )
-
-
 def resolve_model(model) -> tuple[CrossCoderConfig, CrossCoderParams, CrossCoderBuffers]:
     """(cfg, params, buffers) from a `CrossCoder`, such a triple, or a path (reference dir or workdir)."""
     if isinstance(model, (str, os.PathLike)):
         from jaxcoders.io.reference import load_reference
 
-        model = load_reference(find_reference_dir(model))
+        model = load_reference(model)
     if isinstance(model, tuple) and len(model) == 3:
         cfg, params, buffers = model
     elif hasattr(model, "cfg") and hasattr(model, "params") and hasattr(model, "buffers"):
@@ -102,8 +80,8 @@ def model_names(num_models: int) -> tuple[str, ...]:
 class Forward(NamedTuple):
     """What every accumulator sees for one batch (padded rows: valid 0, code 0).
 
-    x_BMD: crosscoder-space inputs; f: unscaled inference code (B, F) or (B, M, F) (BatchTopK
-    DECOUPLED); xhat_BMD: f W_dec + b_dec; valid_B: 1 for real rows, 0 for padding (dtype of x);
+    x_BMD: crosscoder-space inputs; f: unscaled inference code (B, F), (B, M, F) (BatchTopK
+    DECOUPLED) or (B, 3, F) (tied: slots shared, base, chat); xhat_BMD: f W_dec + b_dec; valid_B: 1 for real rows, 0 for padding (dtype of x);
     labels: {name: (B,) int32}, -1 on padding."""
 
     x_BMD: jax.Array
@@ -129,6 +107,10 @@ def forward(cfg: CrossCoderConfig, params: CrossCoderParams, buffers: CrossCoder
     x_BMD = normalize_input(cfg, buffers, x_BMD)
     f_BF = jax.nn.relu(_mm(cfg, "bmd,mdf->bf", x_BMD, params.w_enc_MDF) + params.b_enc_F)
     f_BF = f_BF * valid_B[:, None]
+    if cfg.is_tied:  # (B, 3F) latent-major, slot-minor -> slots (B, 3, F); decoded per model
+        f = jnp.transpose(f_BF.reshape(f_BF.shape[0], cfg.dict_size, 3), (0, 2, 1))
+        xhat_BMD = _mm(cfg, "bmf,mfd->bmd", model_codes(f), params.w_dec_MFD) + params.b_dec_MD
+        return Forward(x_BMD, f, xhat_BMD, valid_B, labels or {})
     f = f_BF
     if cfg.is_batchtopk:
         c = code_normalization(cfg, params.w_dec_MFD)

@@ -18,7 +18,8 @@ from typing import Optional
 
 import numpy as np
 
-from jaxcoders.analysis import decoder, scaling as ls, stats, stream
+from jaxcoders.analysis import decoder, slots, stats, stream
+from jaxcoders.analysis import scaling as ls
 
 NU_ERROR_MAX, NU_RECON_MAX, DELTA_MIN = 0.2, 0.5, 0.9
 
@@ -56,13 +57,20 @@ def analyze(model, acts=None, *, batch_size: int = 4096, latent_scaling: bool = 
     summary = {"dict_size": F, "num_models": cfg.num_models, "activation_dim": cfg.activation_dim,
                "architecture": cfg.architecture, "code_normalization": cfg.code_normalization.name,
                "dtype": dtype, "batch_size": batch_size}
+    if cfg.n_shared_latents:  # the shared-latent variant: the first S latents share one decoder row
+        cols["shared_block"] = cols["latent"] < cfg.n_shared_latents
+        summary["n_shared_latents"] = cfg.n_shared_latents
     if isinstance(latents, str):
         latents = decoder.select_latents(model, latents)
     accs = []
-    if acts is not None and usage:
-        accs.append(stats.make_accumulator(labels, label_classes))
     ls_acc = None
-    if acts is not None and latent_scaling:
+    if cfg.is_tied:  # triples: per-slot counts and ratios instead of usage statistics / Latent Scaling
+        if acts is not None:
+            accs.append(slots.make_accumulator(labels, label_classes))
+        summary["latent_scaling"] = "not defined for tied crosscoders: see r_base / r_chat"
+    elif acts is not None and usage:
+        accs.append(stats.make_accumulator(labels, label_classes))
+    if acts is not None and latent_scaling and not cfg.is_tied:
         ls_acc = ls.make_accumulator(cfg, latents, mirror)
         accs.append(ls_acc)
     if accs:
@@ -115,6 +123,10 @@ def summary_line(summary: dict, name: str = "") -> str:
         pct = f" ({100.0 * k / n:.1f}%)" if n else ""
         line += (f"; {k}{pct} survive Latent Scaling (Δ ≥ {DELTA_MIN}, ν^ε < {NU_ERROR_MAX}, "
                  f"ν^r < {NU_RECON_MAX})")
+    if "chat_corner" in summary:
+        line += (f"; tied: {summary['chat_corner']} chat-corner and {summary['base_corner']} base-corner triples "
+                 f"({summary['rare_latents']} rare ones left out), L0 shared/base/chat "
+                 f"{summary['l0_shared']:.1f}/{summary['l0_base']:.1f}/{summary['l0_chat']:.1f}")
     if "genuine_base_specific" in summary:
         line += (f"; base-only: {summary['base_only']}, {summary['genuine_base_specific']} survive the mirror "
                  "probe")

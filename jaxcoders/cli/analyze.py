@@ -13,12 +13,10 @@ See docs/analysis.md for the columns.
 from __future__ import annotations
 
 import json
-import logging
-from pathlib import Path
 
 from absl import flags
 
-from jaxcoders.cli.common import run_app
+from jaxcoders.cli.common import run_app, user_errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("crosscoder", None, "Reference directory or workdir (export/ or final/); comma-separated for several.")
@@ -42,11 +40,12 @@ flags.DEFINE_bool("progress", True, "Progress bar.")
 flags.mark_flag_as_required("crosscoder")
 
 
+@user_errors
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     from jaxcoders.analysis import inputs as cli
     from jaxcoders.analysis import tables
+    from jaxcoders.io.remote import local_output, shown
 
     acts, labels, classes = (None, {}, {})
     if FLAGS.store or FLAGS.acts:
@@ -60,9 +59,10 @@ def main(argv):
             dtype=FLAGS.dtype, mesh=mesh, max_rows=FLAGS.max_tokens, nearest=FLAGS.nearest,
             progress=FLAGS.progress)
         summary.update(crosscoder=str(path), store=FLAGS.store, acts=FLAGS.acts)
-        paths = tables.write_outputs(table, summary, Path(FLAGS.out) / name, plots=FLAGS.plots)
-        print(tables.summary_line(summary, name))
-        print(json.dumps({k: str(v) for k, v in paths.items()}))
+        with local_output(FLAGS.out) as out:  # gs:// alike: written locally, uploaded at the end
+            paths = tables.write_outputs(table, summary, out / name, plots=FLAGS.plots)
+            print(tables.summary_line(summary, name))
+            print(json.dumps({k: shown(v, out, FLAGS.out) for k, v in paths.items()}))
 
 
 def run():

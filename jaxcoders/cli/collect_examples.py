@@ -23,9 +23,10 @@ from pathlib import Path
 
 from absl import flags
 
-from jaxcoders.cli.common import run_app
+from jaxcoders.cli.common import run_app, user_errors
 
 FLAGS = flags.FLAGS
+log = logging.getLogger("jaxcoders.cli.collect_examples")
 flags.DEFINE_string("crosscoder", None, "Reference directory, workdir (export/ or final/) or tied crosscoder "
                     "directory; comma-separated for several.")
 flags.DEFINE_string("store", None, "ActivationStore url.")
@@ -67,7 +68,7 @@ def _given_max(spec: str, out_dir: Path, num_rows: int):
         s = json.loads(summ.read_text())
         same = s.get("num_tokens") == num_rows and s.get("store") == FLAGS.store and s.get("acts") == FLAGS.acts
         if not same:
-            logging.info("%s saw other rows than this run: computing the max in a pass", summ)
+            log.info("%s saw other rows than this run: computing the max in a pass", summ)
             return None, "pass"
         path = table
     else:
@@ -80,11 +81,12 @@ def _given_max(spec: str, out_dir: Path, num_rows: int):
     return col, str(path)
 
 
+@user_errors
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from jaxcoders.analysis import inputs as cli
     from jaxcoders.analysis import examples as exm
+    from jaxcoders.analysis import inputs as cli
+    from jaxcoders.io.remote import local_output
 
     acts, labels, classes = cli.open_activations(FLAGS.store, FLAGS.acts, FLAGS.labels)
     rows = None
@@ -94,22 +96,31 @@ def main(argv):
     n = len(acts) if FLAGS.max_tokens is None else min(len(acts), FLAGS.max_tokens)
     for path in [p for p in FLAGS.crosscoder.split(",") if p.strip()]:
         name = cli.crosscoder_name(path)
-        out_dir = Path(FLAGS.out) / name
-        given, source = _given_max(FLAGS.max_activation_from, out_dir, n)
-        res = exm.collect_examples(
-            path, acts, rows=rows, latents=None if FLAGS.latents == "all" else FLAGS.latents, max_activation=given,
-            per_bucket=FLAGS.per_bucket, fractions=[float(f) for f in FLAGS.fractions],
-            before=FLAGS.window_before, after=FLAGS.window_after, batch_size=FLAGS.batch_size,
-            max_sequences=FLAGS.max_sequences, dedup=FLAGS.dedup, seed=FLAGS.seed, mesh=mesh,
-            max_rows=FLAGS.max_tokens, max_state_bytes=FLAGS.max_state_gb * 2 ** 30,
-            max_output_bytes=FLAGS.max_output_gb * 2 ** 30, progress=FLAGS.progress)
-        res["meta"].update(crosscoder=str(path), store=FLAGS.store, acts=FLAGS.acts, max_activation_file=source)
-        paths = exm.write_examples(res, out_dir)
-        m = res["meta"]
-        print(f"{name}: examples of {m['num_latents']} latents ({len(res['examples']['latent'])} examples in "
-              f"{len(m['buckets'])} buckets) from {m['num_sequences']} sequences "
-              f"({m['duplicate_sequences']} duplicates skipped), {m['seconds']:.1f} s -> {out_dir}")
-        print(json.dumps({k: str(v) for k, v in paths.items()}))
+        with local_output(FLAGS.out, keep=True) as out:  # keep: analyze's latents.parquet may be there
+            _collect_one(exm, path, name, out, acts, rows, mesh, n)
+
+
+def _collect_one(exm, path, name, out: Path, acts, rows, mesh, n: int) -> None:
+    """Collect one crosscoder's examples into `out/name` (a local folder; see local_output)."""
+    from jaxcoders.io.remote import shown
+
+    out_dir = out / name
+    given, source = _given_max(FLAGS.max_activation_from, out_dir, n)
+    res = exm.collect_examples(
+        path, acts, rows=rows, latents=None if FLAGS.latents == "all" else FLAGS.latents, max_activation=given,
+        per_bucket=FLAGS.per_bucket, fractions=[float(f) for f in FLAGS.fractions],
+        before=FLAGS.window_before, after=FLAGS.window_after, batch_size=FLAGS.batch_size,
+        max_sequences=FLAGS.max_sequences, dedup=FLAGS.dedup, seed=FLAGS.seed, mesh=mesh,
+        max_rows=FLAGS.max_tokens, max_state_bytes=FLAGS.max_state_gb * 2 ** 30,
+        max_output_bytes=FLAGS.max_output_gb * 2 ** 30, progress=FLAGS.progress)
+    res["meta"].update(crosscoder=str(path), store=FLAGS.store, acts=FLAGS.acts, max_activation_file=source)
+    paths = exm.write_examples(res, out_dir)
+    m = res["meta"]
+    print(f"{name}: examples of {m['num_latents']} latents ({len(res['examples']['latent'])} examples in "
+          f"{len(m['buckets'])} buckets) from {m['num_sequences']} sequences "
+          f"({m['duplicate_sequences']} duplicates skipped), {m['seconds']:.1f} s -> "
+          f"{shown(out_dir, out, FLAGS.out)}")
+    print(json.dumps({k: shown(v, out, FLAGS.out) for k, v in paths.items()}))
 
 
 def run():

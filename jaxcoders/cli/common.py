@@ -42,6 +42,28 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+USER_ERRORS = (ValueError, FileNotFoundError)
+
+
+def one_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def user_errors(main: Callable) -> Callable:
+    """Bad input (ValueError and its kin: a missing file, a wrong shape, an unknown crosscoder)
+    becomes one `error:` line; other exceptions keep their traceback."""
+
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except USER_ERRORS as e:
+            fail(one_line(e))
+
+    wrapped.__name__ = getattr(main, "__name__", "main")
+    return wrapped
+
+
 def run_app(main: Callable, doc: str) -> None:
     """Run an absl `main(argv)` as a command: its module docstring is the --help text (also when it
     runs as an installed console script), logging is configured after the flags are parsed."""

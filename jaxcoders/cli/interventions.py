@@ -17,7 +17,6 @@ Gemma-2-2B / -it, layer 13, 512 chat conversations (the paper's setup), on a GPU
 """
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -67,36 +66,41 @@ for _name in ("base_model", "chat_model", "layer", "dataset"):
 def main(argv):
     del argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     from jaxcoders.extract.models import ModelError
     from jaxcoders.extract.text import DataError
     from jaxcoders.interventions.codes import InterventionError
     from jaxcoders.interventions.run import InterventionConfig, format_table, run_interventions
     from jaxcoders.io.reference import ReferenceFormatError
+    from jaxcoders.io.remote import local_copy, local_output
 
-    try:
-        steer = [int(s) for s in FLAGS.steer_latents]
-    except ValueError:
+    if not all(s.strip().lstrip("-").isdigit() for s in FLAGS.steer_latents):
         print(f"error: --steer_latents must be integers, got {FLAGS.steer_latents}", file=sys.stderr)
         sys.exit(2)
+    try:
+        with local_output(FLAGS.out) as out:  # gs:// alike: written locally, uploaded at the end
+            latents_file = str(local_copy(FLAGS.latents_file)) if FLAGS.latents_file else None
+            result = _run(InterventionConfig, run_interventions, out, latents_file)
+    except (InterventionError, ModelError, DataError, ReferenceFormatError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)  # one clear sentence, no traceback
+        sys.exit(2)
+    print(format_table(result))
+    print(f"{result['num_conversations']} conversations ({result['skipped_conversations']} skipped), "
+          f"{result['tokens']['all']} scored tokens → {FLAGS.out.rstrip('/')}/interventions.json")
+
+
+def _run(InterventionConfig, run_interventions, out: Path, latents_file):
+    steer = [int(s) for s in FLAGS.steer_latents]
     cfg = InterventionConfig(
         base_model=FLAGS.base_model, chat_model=FLAGS.chat_model, layer=FLAGS.layer, dataset=FLAGS.dataset,
-        out=FLAGS.out, crosscoder=FLAGS.crosscoder, chat_column=FLAGS.chat_column, split=FLAGS.split,
+        out=str(out), crosscoder=FLAGS.crosscoder, chat_column=FLAGS.chat_column, split=FLAGS.split,
         num_conversations=FLAGS.num_conversations, max_len=FLAGS.max_len, edits=FLAGS.edits,
-        latents_file=FLAGS.latents_file, nu_column=FLAGS.nu_column, steer_latents=steer,
+        latents_file=latents_file, nu_column=FLAGS.nu_column, steer_latents=steer,
         steer_alpha=FLAGS.steer_alpha, steer_source=FLAGS.steer_source, steer_continue=FLAGS.steer_continue,
         first_k=FLAGS.first_k, skip_first=FLAGS.skip_first, batch_size=FLAGS.batch_size, device=FLAGS.device,
         model_dtype=FLAGS.model_dtype, attn_implementation=FLAGS.attn_implementation, n_boot=FLAGS.n_boot,
         seed=FLAGS.seed, plot=FLAGS.plot, progress=FLAGS.progress,
     )
-    try:
-        result = run_interventions(cfg)
-    except (InterventionError, ModelError, DataError, ReferenceFormatError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)  # one clear sentence, no traceback
-        sys.exit(2)
-    print(format_table(result))
-    print(f"{result['num_conversations']} conversations ({result['skipped_conversations']} skipped), "
-          f"{result['tokens']['all']} scored tokens → {Path(FLAGS.out) / 'interventions.json'}")
+    return run_interventions(cfg)
 
 
 def run():

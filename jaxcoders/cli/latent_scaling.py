@@ -19,13 +19,11 @@ are given; variants run round-robin and the median is reported):
 from __future__ import annotations
 
 import json
-import logging
 import time
-from pathlib import Path
 
 from absl import app, flags
 
-from jaxcoders.cli.common import run_app
+from jaxcoders.cli.common import run_app, user_errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("crosscoder", None, "Reference directory or workdir (export/ or final/); comma-separated for several.")
@@ -115,11 +113,12 @@ def run_benchmark(mesh):
             "date": time.strftime("%Y-%m-%d")}), flush=True)
 
 
+@user_errors
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     from jaxcoders.analysis import inputs as cli
     from jaxcoders.analysis import tables
+    from jaxcoders.io.remote import local_output, shown
 
     mesh = cli.mesh_from_flags(FLAGS.mesh_latent)
     if FLAGS.benchmark:
@@ -134,10 +133,10 @@ def main(argv):
             path, acts, batch_size=FLAGS.batch_size, usage=False, latents=FLAGS.latents, mirror=FLAGS.mirror,
             dtype=FLAGS.dtype, mesh=mesh, max_rows=FLAGS.max_tokens, nearest=False, progress=FLAGS.progress)
         summary.update(crosscoder=str(path), store=FLAGS.store, acts=FLAGS.acts)
-        paths = tables.write_outputs(table, summary, Path(FLAGS.out) / name, plots=FLAGS.plots,
-                                     stem="latent_scaling")
-        print(tables.summary_line(summary, name))
-        print(json.dumps({k: str(v) for k, v in paths.items()}))
+        with local_output(FLAGS.out) as out:  # gs:// alike: written locally, uploaded at the end
+            paths = tables.write_outputs(table, summary, out / name, plots=FLAGS.plots, stem="latent_scaling")
+            print(tables.summary_line(summary, name))
+            print(json.dumps({k: shown(v, out, FLAGS.out) for k, v in paths.items()}))
 
 
 def run():

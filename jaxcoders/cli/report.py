@@ -18,7 +18,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from jaxcoders.cli.common import run_app
+from jaxcoders.cli.common import run_app, user_errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("analysis", None, "Analysis directory (or comma-separated list, or their parent).")
@@ -39,13 +39,20 @@ flags.mark_flag_as_required("analysis")
 MARKERS = ("latents.parquet", "latents.csv", "latent_scaling.parquet", "latent_scaling.csv", "examples.json")
 
 
-def _inputs(spec: str) -> list[Path]:
+def _inputs(spec: str) -> list[tuple[Path, str]]:
+    """[(local analysis folder, where it came from)]; gs:// folders are downloaded first."""
+    from jaxcoders.io.remote import local_copy
+
     dirs = []
-    for p in [Path(s) for s in spec.split(",") if s.strip()]:
+    for item in [s.strip().rstrip("/") for s in spec.split(",") if s.strip()]:
+        p = local_copy(item)
+        found = []
         if any((p / m).is_file() for m in MARKERS):
-            dirs.append(p)
+            found.append((p, item))
         elif p.is_dir():
-            dirs += sorted(d for d in p.iterdir() if d.is_dir() and any((d / m).is_file() for m in MARKERS))
+            found += [(d, f"{item}/{d.name}") for d in sorted(p.iterdir())
+                      if d.is_dir() and any((d / m).is_file() for m in MARKERS)]
+        dirs += found
     if not dirs:
         raise app.UsageError(f"--analysis={spec}: no directory with latents.parquet or examples.json there; run "
                              "experiments/analyze.py and/or experiments/collect_examples.py first")
@@ -80,30 +87,37 @@ def _open_latent(value):
         raise app.UsageError(f"--open_latent must be a latent index or 'first', got {value!r}")
 
 
+@user_errors
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     from jaxcoders.analysis.report import build_report
+    from jaxcoders.io.remote import local_output, shown
+    from jaxcoders.io.sources import is_url
 
     dirs = _inputs(FLAGS.analysis)
-    for d in dirs:
+    for d, origin in dirs:
         out = None
         if FLAGS.out:
-            o = Path(FLAGS.out)
-            out = o if (o.suffix == ".html" and len(dirs) == 1) else o / f"{d.name}.html"
-        path = build_report(d, out, tokenizer=_tokenizer(d), title=FLAGS.title, max_cards=FLAGS.max_cards,
-                            top_examples=FLAGS.top_examples, bucket_examples=FLAGS.bucket_examples,
-                            sort_by=FLAGS.sort_by, open_latent=_open_latent(FLAGS.open_latent))
-        print(f"{d.name}: {path} ({path.stat().st_size / 1e6:.2f} MB)")
-        if FLAGS.screenshot:
-            from jaxcoders.analysis.screenshot import BrowserMissing, screenshot
+            o = FLAGS.out.rstrip("/")
+            target = o if (o.endswith(".html") and len(dirs) == 1) else f"{o}/{d.name}.html"
+        else:
+            target = f"{origin}/report.html"
+        with local_output(target.rsplit("/", 1)[0] if is_url(target) else Path(target).parent) as folder:
+            out = folder / target.rsplit("/", 1)[1]
+            path = build_report(d, out, tokenizer=_tokenizer(d), title=FLAGS.title, max_cards=FLAGS.max_cards,
+                                top_examples=FLAGS.top_examples, bucket_examples=FLAGS.bucket_examples,
+                                sort_by=FLAGS.sort_by, open_latent=_open_latent(FLAGS.open_latent))
+            print(f"{d.name}: {shown(path, folder, target.rsplit('/', 1)[0]) if is_url(target) else path} "
+                  f"({path.stat().st_size / 1e6:.2f} MB)")
+            if FLAGS.screenshot:
+                from jaxcoders.analysis.screenshot import BrowserMissing, screenshot
 
-            o = Path(FLAGS.screenshot)
-            png = o if (o.suffix == ".png" and len(dirs) == 1) else o / f"{d.name}.png"
-            try:
-                print(f"{d.name}: screenshot {screenshot(path, png)}")
-            except BrowserMissing as e:
-                raise app.UsageError(f"--screenshot: {e}")
+                o = Path(FLAGS.screenshot)
+                png = o if (o.suffix == ".png" and len(dirs) == 1) else o / f"{d.name}.png"
+                try:
+                    print(f"{d.name}: screenshot {screenshot(path, png)}")
+                except BrowserMissing as e:
+                    raise app.UsageError(f"--screenshot: {e}")
 
 
 def run():

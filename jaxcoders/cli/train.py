@@ -5,7 +5,7 @@
         --config.data.store=gs://BUCKET/acts/gemma2-2b-L13
     python experiments/train.py --config=experiments/configs/tiny.py --workdir=/tmp/jaxcoders_tiny
 
---config is a preset name (tiny, gemma2_2b_batchtopk, gemma2_2b_l1) or a config file with
+--config is a preset name (tiny, gemma2_2b_batchtopk, gemma2_2b_l1, gemma2_2b_tied) or a config file with
 `get_config()`. Every field of the four config sections can be overridden, e.g.
 `--config.train.k_max=400 --config.train.k_annealing_steps=2000 --config.model.compute_dtype=bfloat16`;
 `--config_help` lists them all with their types, defaults and documentation (they are the fields
@@ -27,10 +27,12 @@ from jaxcoders.cli.common import fail, run_app
 from jaxcoders.config import DataConfig
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Preset name (tiny, gemma2_2b_batchtopk, gemma2_2b_l1) or a config "
+config_flags.DEFINE_config_file("config", None, "Preset name (tiny, gemma2_2b_batchtopk, gemma2_2b_l1, gemma2_2b_tied) or a config "
                                 "file with get_config(); override fields with --config.<section>.<field>=...",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (local path or gs://): config, metrics, checkpoints, export.")
+flags.DEFINE_string("push_to_hub", "", "After training, upload the export (and a model card) to this Hugging Face "
+                    "Hub repo, e.g. me/gemma2-2b-btk (needs HF_TOKEN or huggingface-cli login).")
 flags.DEFINE_bool("config_help", False, "Print every --config.<section>.<field> with its type, default and doc, "
                   "then exit.")
 
@@ -48,7 +50,7 @@ def preset_path(value: str) -> str:
 
 
 def build_data(data: DataConfig, seed: int, mesh, batch_size: int):
-    """(train source, validation source factory or None, D, M, description)."""
+    """(train source, validation source factory or None, D, M, description, the store or None)."""
     import jax
     import numpy as np
 
@@ -67,8 +69,9 @@ def build_data(data: DataConfig, seed: int, mesh, batch_size: int):
         if readers % P:
             raise ValueError(f"--config.data.num_readers={readers} must be a multiple of the {P} processes")
         per = readers // P  # this process owns readers p*per ... (p+1)*per - 1, in order
+        # normalization (data.normalize) lives in the model, so that its export reads raw activations
         loaders = [Loader(store, batch_size, seed=seed, split="train", mix=data.mix_weights(),
-                          normalize=data.normalize, target_rms=data.target_rms,
+                          normalize=False,
                           shuffle_buffer_rows=data.shuffle_buffer_rows, prefetch=data.prefetch,
                           process_index=p * per + r, process_count=readers)
                    for r in range(per)]
@@ -77,10 +80,10 @@ def build_data(data: DataConfig, seed: int, mesh, batch_size: int):
         if data.val_split and data.val_split in store.splits:
             def val():
                 return Loader(store, batch_size, seed=0, split=data.val_split, mix="concat", shuffle=False,
-                              normalize=data.normalize, target_rms=data.target_rms, prefetch=0, num_epochs=1,
+                              prefetch=0, num_epochs=1,
                               sharding=shd.named(mesh, shd.batch_spec()))
         desc = {"store": store.url, "mix": data.mix, "normalize": data.normalize, "target_rms": data.target_rms}
-        return train, val, store.d_model, store.num_models, desc
+        return train, val, store.d_model, store.num_models, desc, store
     if source == "acts":
         if not Path(data.acts).is_file():
             raise ValueError(f"--config.data.acts={data.acts} does not exist; pass an (N, M, D) .npy file")
@@ -90,7 +93,7 @@ def build_data(data: DataConfig, seed: int, mesh, batch_size: int):
         n_val = min(len(acts) // 10, 8 * batch_size)
         train = ArrayBatches(acts[n_val:], batch_size, seed=seed, rows=rows)
         val = (lambda: ArrayBatches(acts[:n_val], batch_size, rows=rows, shuffle=False)) if n_val >= batch_size else None
-        return train, val, acts.shape[2], acts.shape[1], {"acts": str(data.acts)}
+        return train, val, acts.shape[2], acts.shape[1], {"acts": str(data.acts)}, None
     from jaxcoders.toy.synthetic import SyntheticSpec, make_dictionary
 
     planted = make_dictionary(SyntheticSpec(seed=seed))
@@ -98,7 +101,26 @@ def build_data(data: DataConfig, seed: int, mesh, batch_size: int):
     val_acts, _ = planted.sample(4 * batch_size, seed=seed + 2)
     train = ArrayBatches(acts, batch_size, seed=seed, rows=rows)
     val = lambda: ArrayBatches(val_acts, batch_size, rows=rows, shuffle=False)  # noqa: E731
-    return train, val, acts.shape[2], acts.shape[1], {"synthetic": planted.spec.__dict__}
+    return train, val, acts.shape[2], acts.shape[1], {"synthetic": planted.spec.__dict__}, None
+
+
+def normalized_model(model_cfg, data: DataConfig, store, seed: int):
+    """A fresh crosscoder that normalizes its own inputs with the store's statistics (docs/method.md
+    §5), so that training, its export and every analysis read raw activations."""
+    from flax import nnx
+
+    from jaxcoders.core.module import CrossCoder
+    from jaxcoders.core.params import normalization_buffers
+
+    if store is None:
+        raise ValueError("--config.data.normalize=True needs a store (--config.data.store) for the statistics")
+    st = store.stats
+    if st.count == 0:
+        raise ValueError(f"--config.data.normalize=True needs statistics but {store.url} has none")
+    cfg = model_cfg.replace(input_normalization=True)
+    fresh = CrossCoder(cfg, rngs=nnx.Rngs(seed))
+    buffers = normalization_buffers(fresh.buffers, st.mean, st.std, target_rms=data.target_rms)
+    return CrossCoder(cfg, params=fresh.params, buffers=buffers)
 
 
 def _make_mesh(c):
@@ -113,7 +135,7 @@ def main(argv):
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.config is None:
-        fail("--config is required: a preset name (tiny, gemma2_2b_batchtopk, gemma2_2b_l1) or a config file")
+        fail("--config is required: a preset name (tiny, gemma2_2b_batchtopk, gemma2_2b_l1, gemma2_2b_tied) or a config file")
     from jaxcoders.configs import describe, resolve
 
     c = FLAGS.config
@@ -135,13 +157,20 @@ def main(argv):
         resolve(c, 2, 1)  # validates every field before data is opened (M and D are checked later)
         mesh = _make_mesh(c)
         data = DataConfig(**dict(c.data))
-        train, val, D, M, desc = build_data(data, c.run.seed, mesh, c.run.batch_size)
+        train, val, D, M, desc, store = build_data(data, c.run.seed, mesh, c.run.batch_size)
         model_cfg, train_cfg, run_cfg, _ = resolve(c, M, D)
+        init_model = normalized_model(model_cfg, data, store, run_cfg.seed) if data.normalize else None
+        if init_model is not None:
+            model_cfg = init_model.cfg
         if val is not None and run_cfg.eval_every and data.source() == "store":
             val().close()  # fail now, not at the first evaluation, if the split cannot feed this layout
         log.info("mesh %s", dict(mesh.shape))
         model = train_and_evaluate(model_cfg, train_cfg, run_cfg, FLAGS.workdir, train, val, data_description=desc,
-                                   mesh=mesh)
+                                   mesh=mesh, init_model=init_model)
+        if FLAGS.push_to_hub and jax.process_index() == 0:
+            from jaxcoders.io.reference import upload_to_hub
+
+            log.info("pushed %s", upload_to_hub(model, FLAGS.push_to_hub))
     except (ValueError, FileNotFoundError) as e:
         fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
     if jax.process_index() == 0:

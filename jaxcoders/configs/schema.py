@@ -29,6 +29,9 @@ from jaxcoders.config import CrossCoderConfig, DataConfig, RunConfig, TrainConfi
 SECTIONS = {"model": CrossCoderConfig, "train": TrainConfig, "run": RunConfig, "data": DataConfig}
 DERIVED = {("model", "num_models"): "from the data (M)", ("model", "activation_dim"): "from the data (D)",
            ("train", "total_steps"): "= run.steps", ("train", "seed"): "= run.seed"}
+# Second names of a field, where a section reads more naturally to some: the tied crosscoder's η is
+# a loss weight (train.eta) that the research update lists with the model; either name sets it.
+ALIASES = {("model", "eta"): ("train", "eta")}
 
 
 def _field_type(hint) -> tuple[type, bool]:
@@ -73,6 +76,8 @@ def base_config() -> ml_collections.ConfigDict:
         for f, typ, optional in fields(section):
             sec[f.name] = _config_value(f.default, typ, optional)
         c[section] = sec
+    for (section, name), (target, field) in ALIASES.items():
+        c[section][name] = config_dict.placeholder(type(c[target][field]))
     return c
 
 
@@ -85,11 +90,22 @@ def resolve(c: ml_collections.ConfigDict, num_models: int, activation_dim: int):
     values = {}
     for section in SECTIONS:
         given = dict(c[section]) if section in c else {}
+        for (sec, name), (target, field) in ALIASES.items():
+            if sec == section and name in given:
+                value = given.pop(name)
+                if value is not None:
+                    other = c[target][field] if target in c and field in c[target] else None
+                    default = next(f.default for f, _, _ in fields(target) if f.name == field)
+                    if other not in (None, default, value):
+                        raise ValueError(f"{section}.{name}={value} and {target}.{field}={other} disagree; set one")
+                    values.setdefault("_aliases", {})[(target, field)] = value
         names = {f.name for f, _, _ in fields(section)}
         extra = sorted(set(given) - names)
         if extra:
             raise ValueError(f"unknown field(s) {[f'{section}.{n}' for n in extra]}; `--config_help` lists them")
         values[section] = given
+    for (target, field), value in values.pop("_aliases", {}).items():
+        values[target][field] = value
     model = values["model"]
     if model.get("dict_size") is None:
         raise ValueError("model.dict_size is not set: choose a preset (--config=...) or set --config.model.dict_size")
@@ -144,6 +160,9 @@ def describe(c: Optional[ml_collections.ConfigDict] = None) -> str:
         for (sec, name), why in DERIVED.items():
             if sec == section:
                 lines.append(f"  ({section}.{name}: {why})")
+        for (sec, name), (target, field) in ALIASES.items():
+            if sec == section:
+                lines.append(f"  --config.{section}.{name}: another name of --config.{target}.{field}")
         lines.append("")
     return "\n".join(lines)
 

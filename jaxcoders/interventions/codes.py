@@ -47,16 +47,15 @@ class CrosscoderEdits:
     """A loaded crosscoder plus the raw-space quantities the edits need.
 
     Args:
-      model: a `jaxcoders.CrossCoder` (M = 2: index 0 = base, 1 = chat) or a path accepted by
-        `jaxcoders.analysis.stream.find_reference_dir` (reference directory or training workdir).
+      model: a `jaxcoders.CrossCoder` (M = 2: index 0 = base, 1 = chat) or any crosscoder spec
+        `jaxcoders.load_reference` takes (a directory, a workdir, gs://..., org/name, hf://...).
     """
 
     def __init__(self, model):
         if isinstance(model, (str, os.PathLike)):
-            from jaxcoders.analysis.stream import find_reference_dir
             from jaxcoders.io.reference import load_reference
 
-            model = load_reference(find_reference_dir(model))
+            model = load_reference(model)
         if model.cfg.num_models != 2:
             raise InterventionError(f"interventions need a base/chat crosscoder (M = 2); this one has M = {model.cfg.num_models}.")
         self.model = model

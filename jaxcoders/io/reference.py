@@ -28,13 +28,16 @@ import numpy as np
 from jaxcoders.config import CodeNormalization, CrossCoderConfig
 from jaxcoders.core.module import CrossCoder
 from jaxcoders.core.params import CrossCoderBuffers, CrossCoderParams, default_buffers, fold_normalization
-from jaxcoders.io.tied import save_tied
+from jaxcoders.io.hub import ReferenceFormatError, model_card, push_folder
+from jaxcoders.io.sources import fetch_crosscoder
+from jaxcoders.io.tied import load_tied_reference, save_tied
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TRAINER_CONFIG_FILE = "trainer_config.json"
+EXTRA_CONFIG_FILE = "jaxcoders.json"  # fields the reference's config.json has no key for
 
 _WEIGHT_KEYS = ("encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias")
 # Constructor arguments of the reference classes: the only keys config.json may hold.
@@ -46,10 +49,6 @@ _L1_CONFIG_KEYS = (
 )
 _BTK_CONFIG_KEYS = _L1_CONFIG_KEYS + ("k",)
 DICT_CLASS = {"l1": "CrossCoder", "batchtopk": "BatchTopKCrossCoder"}
-
-
-class ReferenceFormatError(ValueError):
-    """A directory or file that is not a readable reference crosscoder."""
 
 
 def _read_tensors(path: Path) -> dict[str, np.ndarray]:
@@ -100,17 +99,21 @@ def _locate(path: os.PathLike | str) -> tuple[Path, Optional[Path]]:
     raise ReferenceFormatError(f"{p} does not exist")
 
 
-def _fetch_remote(url: str) -> Path:
-    from etils import epath
-
-    src = epath.Path(url)
-    local = Path(tempfile.mkdtemp(prefix="jaxcoders-ref-"))
-    names = [WEIGHTS_FILE, CONFIG_FILE, TRAINER_CONFIG_FILE] if src.is_dir() else [src.name]
-    base = src if src.is_dir() else src.parent
-    for name in names:
-        if (base / name).exists():
-            (local / name).write_bytes((base / name).read_bytes())
-    return local if src.is_dir() else local / src.name
+def is_tied_layout(path: Path) -> bool:
+    """The tied crosscoder's layout: a `*.pt` state dict, or a directory whose `cfg.json` says
+    architecture "tied" (our export) or that holds `*_cfg.json` next to its weights (the reference)."""
+    p = Path(path)
+    if p.is_file():
+        return p.suffix == ".pt" or (p.parent / "cfg.json").is_file() and not (p.parent / CONFIG_FILE).is_file()
+    if (p / CONFIG_FILE).is_file():
+        return False
+    cfg_json = p / "cfg.json"
+    if cfg_json.is_file():
+        try:
+            return json.loads(cfg_json.read_text()).get("architecture") == "tied" or any(p.glob("*.pt"))
+        except json.JSONDecodeError:
+            return False
+    return bool(list(p.glob("*_cfg.json")))
 
 
 def load_reference(
@@ -122,10 +125,14 @@ def load_reference(
     architecture: Optional[str] = None,
     allow_unset_threshold: bool = False,
 ):
-    """Load a reference (dictionary_learning) crosscoder directory or file as a `CrossCoder`.
+    """Load a crosscoder in the reference (dictionary_learning) layout as a `CrossCoder`.
 
     Args:
-      path: directory with model.safetensors (+ config.json, trainer_config.json), or the file.
+      path: a directory with model.safetensors (+ config.json, trainer_config.json) or
+        pytorch_model.bin, the weights file, a training workdir (its export/), a URL (gs://...), or a
+        Hugging Face Hub repo: `org/name` or `hf://org/name[@revision][/subfolder]`
+        (`jaxcoders.io.sources.fetch_crosscoder`). A tied crosscoder (cfg.json) loads with
+        `jaxcoders.io.tied.load_tied_reference`.
       k, threshold: fill BatchTopK buffers missing from the file (an error otherwise). Values
         present in the file win unless they disagree with an explicit argument (then: error).
       code_normalization: needed only when neither the tensors nor config.json name it; the
@@ -136,8 +143,9 @@ def load_reference(
     Returns:
       `jaxcoders.CrossCoder`.
     """
-    if "://" in str(path):  # gs:// and other object stores: fetch the small files first
-        path = _fetch_remote(str(path))
+    path = fetch_crosscoder(path)  # hub, gs://, workdir -> local directory or file
+    if is_tied_layout(path):
+        return load_tied_reference(path)
     weights_path, cfg_dir = _locate(path)
     tensors = _strip_prefixes(_read_tensors(weights_path))
     missing = [k_ for k_ in _WEIGHT_KEYS if k_ not in tensors]
@@ -148,12 +156,15 @@ def load_reference(
         )
     config: dict = {}
     trainer_cfg: dict = {}
+    extra: dict = {}
     if cfg_dir is not None:
         try:
             if (cfg_dir / CONFIG_FILE).is_file():
                 config = json.loads((cfg_dir / CONFIG_FILE).read_text())
             if (cfg_dir / TRAINER_CONFIG_FILE).is_file():
                 trainer_cfg = json.loads((cfg_dir / TRAINER_CONFIG_FILE).read_text())
+            if (cfg_dir / EXTRA_CONFIG_FILE).is_file():
+                extra = json.loads((cfg_dir / EXTRA_CONFIG_FILE).read_text())
         except json.JSONDecodeError as e:
             raise ReferenceFormatError(f"{cfg_dir}: config JSON is corrupt ({e})") from e
 
@@ -245,6 +256,7 @@ def load_reference(
         init_with_transpose=bool(config.get("init_with_transpose", True)),
         norm_init_scale=config.get("norm_init_scale"),
         input_normalization=input_norm,
+        n_shared_latents=int(extra.get("n_shared_latents", 0)) if architecture == "l1" else 0,
     )
     buffers = default_buffers(cfg)
     if theta is not None:
@@ -331,16 +343,23 @@ def reference_tensors(model) -> dict[str, np.ndarray]:
     return out
 
 
-def save_reference(model, out_dir: os.PathLike | str) -> Path:
-    """Write `model` as a reference directory that dictionary_learning's `from_pretrained` loads.
+def save_reference(model, out_dir: os.PathLike | str, *, push_to_hub: Optional[str] = None,
+                   private: Optional[bool] = None) -> Path:
+    """Write `model` as a reference directory that dictionary_learning's `from_pretrained` loads
+    (a tied crosscoder: its own layout, `jaxcoders.io.tied`); `out_dir` may be a URL (gs://...).
 
     Written atomically: files go to a temporary sibling directory that replaces `out_dir` at the
-    end, so a crash never leaves a half-written checkpoint. Returns the directory path."""
+    end, so a crash never leaves a half-written checkpoint. Fields the reference's config.json has no
+    key for (the shared-latent block) go to `jaxcoders.json`. With `push_to_hub="org/name"` the same
+    files and a model card are uploaded to the Hugging Face Hub (`upload_to_hub`). Returns the path."""
     from safetensors.numpy import save_file
 
-    if model.cfg.is_tied:  # the reference CrossCoder layout has no latent triples
-        return save_tied(model, out_dir)
-    if "://" in str(out_dir):  # object store: write locally, then upload the three files
+    if push_to_hub:
+        out = save_reference(model, out_dir, private=private)
+        pushed = upload_to_hub(model, push_to_hub, private=private)
+        log.info("uploaded %s to %s", out, pushed)
+        return out
+    if "://" in str(out_dir):  # object store: write locally, then upload the files
         from etils import epath
 
         with tempfile.TemporaryDirectory() as tmp_dir:
@@ -350,6 +369,8 @@ def save_reference(model, out_dir: os.PathLike | str) -> Path:
             for f in sorted(local.iterdir()):
                 (dest / f.name).write_bytes(f.read_bytes())
         return dest
+    if model.cfg.is_tied:  # the reference CrossCoder layout has no latent triples
+        return save_tied(model, out_dir)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -358,6 +379,9 @@ def save_reference(model, out_dir: os.PathLike | str) -> Path:
         (tmp / CONFIG_FILE).write_text(json.dumps(reference_config_dict(model), indent=2, sort_keys=True))
         trainer = {"trainer": {"dict_class": DICT_CLASS[model.cfg.architecture]}}
         (tmp / TRAINER_CONFIG_FILE).write_text(json.dumps(trainer, indent=2, sort_keys=True))
+        if model.cfg.n_shared_latents:
+            extra = {"n_shared_latents": model.cfg.n_shared_latents}
+            (tmp / EXTRA_CONFIG_FILE).write_text(json.dumps(extra, indent=2, sort_keys=True))
         if out.exists():
             backup = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, backup)
@@ -373,3 +397,13 @@ def save_reference(model, out_dir: os.PathLike | str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def upload_to_hub(model, repo_id: str, *, private: Optional[bool] = None, base_model: str = "", chat_model: str = "",
+                layer=None, commit_message: str = "Upload crosscoder (jaxcoders)") -> str:
+    """Upload `model` to the Hugging Face Hub as `repo_id` (created if needed): the files of
+    `save_reference` plus a model card (README.md). Returns the commit URL."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_reference(model, Path(tmp) / "crosscoder")
+        card = model_card(model, repo_id=repo_id, base_model=base_model, chat_model=chat_model, layer=layer)
+        return push_folder(folder, repo_id, card=card, private=private, commit_message=commit_message)

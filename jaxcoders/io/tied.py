@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxcoders.config import CrossCoderConfig
 from jaxcoders.core.module import CrossCoder
-from jaxcoders.core.params import CrossCoderParams
+from jaxcoders.core.params import CrossCoderParams, default_buffers, normalization_buffers
 
 
 TIED_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
@@ -52,9 +52,17 @@ def params_to_reference(cfg: CrossCoderConfig, params) -> dict:
     }
 
 
-def load_tied_reference(path) -> "object":
+NORM_KEYS = ("normalisation_factor", "normalization_factor", "norm_scaling_factors", "normalisation_factors")
+
+
+def load_tied_reference(path, normalization_factors=None) -> CrossCoder:
     """A tied crosscoder from the reference's checkpoint: a torch state dict (`*.pt`) or our
-    safetensors export (`*.safetensors`), with its `*_cfg.json` (or `cfg.json`) beside it."""
+    safetensors export (`*.safetensors`), with its `*_cfg.json` (or `cfg.json`) beside it.
+
+    The reference trains and analyses on inputs scaled per model (x_m · factor_m). Those factors are
+    restored from the cfg (`normalisation_factor`, as our export writes them, or the other spellings
+    in NORM_KEYS; `activation_mean` too when present) or from `normalization_factors` (M,), so that
+    the loaded model reads raw activations (docs/method.md §4–5)."""
     p = Path(path)
     if p.is_dir():
         cands = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.pt"))
@@ -81,21 +89,39 @@ def load_tied_reference(path) -> "object":
         if cand.is_file():
             cfg_json = json.loads(cand.read_text())
             break
-    cfg = CrossCoderConfig(M, D, F3 // 3, architecture="tied")
-    model = CrossCoder(cfg, params=params)
+    factors = normalization_factors
+    if factors is None:
+        factors = next((cfg_json[k] for k in NORM_KEYS if cfg_json.get(k) is not None), None)
+    cfg = CrossCoderConfig(M, D, F3 // 3, architecture="tied", input_normalization=factors is not None)
+    buffers = default_buffers(cfg)
+    if factors is not None:
+        factors = np.asarray(factors, np.float32).reshape(-1)
+        if factors.size not in (1, M):
+            raise ValueError(f"{p}: {factors.size} normalization factors for {M} models")
+        mean = np.asarray(cfg_json.get("activation_mean") or np.zeros((M, D)), np.float32).reshape(M, D)
+        buffers = normalization_buffers(buffers, mean, per_model_scale=np.broadcast_to(factors, (M,)))
+    model = CrossCoder(cfg, params=params, buffers=buffers)
     model.reference_config = cfg_json or None
     return model
 
 
 def save_tied(model, out_dir) -> Path:
-    """Export a tied crosscoder as `model.safetensors` (reference key names and shapes) + `cfg.json`."""
+    """Export a tied crosscoder as `model.safetensors` (reference key names and shapes) + `cfg.json`
+    (with the input normalization, when the model has one: `normalisation_factor` per model)."""
     from safetensors.numpy import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(params_to_reference(model.cfg, model.params), str(out / "model.safetensors"))
-    cfg = dict(model.reference_config or {})
+    cfg = {k: v for k, v in (model.reference_config or {}).items() if k not in NORM_KEYS + ("activation_mean",)}
     cfg.update({"d_in": model.cfg.activation_dim, "dict_size": model.cfg.dict_size, "n_models": 2,
                 "architecture": "tied"})
+    if model.cfg.input_normalization:  # the reference's per-model factors (+ our mean, when not zero)
+        b = model.buffers
+        cfg["normalisation_factor"] = np.broadcast_to(np.asarray(b.act_scale, np.float64).reshape(-1),
+                                                      (model.cfg.num_models,)).tolist()
+        mean = np.asarray(b.act_mean_MD, np.float64)
+        if np.any(mean != 0):
+            cfg["activation_mean"] = mean.tolist()
     (out / "cfg.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     return out

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -35,7 +36,7 @@ from jaxcoders.progress import on_terminal, progress_bar
 from jaxcoders.training import sharding as shd
 from jaxcoders.training.checkpoint import RunCheckpointer
 from jaxcoders.training.evaluate import as_global_batch, evaluate, make_eval_step
-from jaxcoders.training.metrics import TensorBoardLog
+from jaxcoders.training.metrics import TensorBoardLog, WandbLog
 from jaxcoders.training.schedules import geometric_median, k_plan
 from jaxcoders.training.sources import local_rows
 from jaxcoders.training.state import init_train_state, shard_train_state
@@ -144,10 +145,13 @@ def train_and_evaluate(
         log.info("resumed from %s at step %d", workdir, start)
     metrics_log = MetricsLog(metrics_path, start, is_writer)
     tb = TensorBoardLog(workdir / "tensorboard", start, enabled=is_writer and run_cfg.tensorboard)
+    wb = WandbLog(workdir, project=run_cfg.wandb_project, entity=run_cfg.wandb_entity, name=run_cfg.wandb_run_name,
+                  tags=run_cfg.wandb_tags, config=resolved, enabled=is_writer)
 
     def write_metrics(row: dict) -> None:
         metrics_log.write(row)
         tb.write(row)
+        wb.write(row)
 
     # a progress bar on a terminal; in a log file (or with progress=False) a plain line per log step
     show = progress if progress is not None else (is_writer and on_terminal())
@@ -156,7 +160,10 @@ def train_and_evaluate(
     pending = []
     step = start
     data_iter = iter(train_source)
-    with _Preemption() as preempt, _closing(ckpt), _closing(tb):
+    # the source's prefetch thread is stopped (and joined) on the way out, so that no thread reads
+    # the store while the process exits
+    source_closer = _closing(train_source) if hasattr(train_source, "close") else contextlib.nullcontext()
+    with _Preemption() as preempt, _closing(ckpt), _closing(tb), _closing(wb), source_closer:
         while step < run_cfg.steps:
             x = as_global_batch(next(data_iter), mesh, run_cfg.batch_size)
             if step == 0 and model_cfg.is_batchtopk and train_cfg.init_b_dec_geometric_median:

@@ -1,4 +1,6 @@
-"""TensorBoard event files of the training metrics (optional; `RunConfig.tensorboard=True`).
+"""Metrics sinks beside metrics.jsonl: TensorBoard event files and Weights & Biases.
+
+TensorBoard event files of the training metrics (optional; `RunConfig.tensorboard=True`).
 
 The trainer writes every metrics row (the same rows as `metrics.jsonl`) as scalars to
 `<workdir>/tensorboard/` from process 0:
@@ -14,6 +16,7 @@ step (TensorBoard's purge_step), so a restarted run shows one curve. Needs `tens
 from __future__ import annotations
 
 import math
+import uuid
 from typing import Optional
 
 
@@ -60,3 +63,43 @@ class TensorBoardLog:
             self.writer.flush()
             self.writer.close()
             self.writer = None
+
+
+class WandbLog:
+    """Weights & Biases: the same rows as metrics.jsonl, logged by step, and the run's resolved
+    config once; a no-op unless `project` is set (nothing is sent when it is not asked for).
+
+    The wandb library's own variables apply: `WANDB_MODE=offline` writes the run under
+    `WANDB_DIR` (default: the working directory) for a later `wandb sync`; `WANDB_API_KEY` or a
+    `wandb login` authenticates online runs. A resumed run continues the same W&B run: its id is
+    kept in `<workdir>/wandb_run_id`."""
+
+    def __init__(self, workdir, *, project: str, entity: str = "", name: str = "", tags: str = "",
+                 config: Optional[dict] = None, enabled: bool = True):
+        self.run = None
+        if not (enabled and project):
+            return
+        try:
+            import wandb
+        except ImportError as e:
+            raise ImportError("run.wandb_project needs the wandb package: pip install 'jaxcoders[wandb]' "
+                              "(or pip install wandb)") from e
+        id_file = workdir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
+        self.run = wandb.init(project=project, entity=entity or None, name=name or None, id=run_id, resume="allow",
+                              tags=[t.strip() for t in tags.split(",") if t.strip()] or None, config=config or {},
+                              dir=None)
+        if not id_file.exists():
+            id_file.write_text(run_id)
+
+    def write(self, row: dict) -> None:
+        if self.run is None:
+            return
+        values = dict(TensorBoardLog.scalars(row))
+        if values:
+            self.run.log(values, step=int(row["step"]) if row.get("step") is not None else None)
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None

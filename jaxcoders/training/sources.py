@@ -79,6 +79,11 @@ class ConcatSources:
     def state_dict(self) -> dict:
         return {"sources": [s.state_dict() for s in self.sources]}
 
+    def close(self) -> None:
+        for s in self.sources:
+            if hasattr(s, "close"):
+                s.close()
+
     def load_state_dict(self, state: dict) -> None:
         states = state["sources"]
         if len(states) != len(self.sources):

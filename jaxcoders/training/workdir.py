@@ -20,7 +20,8 @@ def resolved_config(model_cfg, train_cfg, run_cfg, extra: Optional[dict]) -> dic
 _RESUMABLE_KEYS = {("run", "log_every"), ("run", "eval_every"), ("run", "eval_batches"),
                    ("run", "checkpoint_every"), ("run", "keep_checkpoints"), ("run", "export"),
                    ("run", "async_checkpoint"), ("run", "mesh_data"), ("run", "mesh_latent"),
-                   ("run", "tensorboard")}
+                   ("run", "tensorboard"), ("run", "wandb_project"), ("run", "wandb_entity"),
+                   ("run", "wandb_run_name"), ("run", "wandb_tags")}
 
 
 def is_remote(path) -> bool:

@@ -4,31 +4,18 @@ with one encoder column per example for the window fill (C code channels, see `c
 from __future__ import annotations
 
 import functools
-import json
-import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 from jaxcoders.core.crosscoder import code_normalization, encode, normalize_input
 from jaxcoders.core.ops import matmul
-from jaxcoders.io.tied import load_tied_reference
 from jaxcoders.analysis import stream
 
 
 def load_model(model):
-    """(cfg, params, buffers) from a CrossCoder / triple / path; tied crosscoders (a directory with
-    `cfg.json` saying architecture "tied", or a reference `*.pt`) load with `jaxcoders.io.tied`."""
-    if isinstance(model, (str, os.PathLike)):
-        p = Path(model)
-        cfg_json = p / "cfg.json" if p.is_dir() else None
-        tied = p.suffix == ".pt" or (cfg_json is not None and cfg_json.is_file()
-                                     and json.loads(cfg_json.read_text()).get("architecture") == "tied")
-        if p.is_dir() and not tied and not (p / "config.json").is_file() and list(p.glob("*_cfg.json")):
-            tied = True
-        if tied:
-            model = load_tied_reference(p)
+    """(cfg, params, buffers) from a CrossCoder / triple / crosscoder spec (a path, a workdir, gs://,
+    a hub repo; tied crosscoders included: `jaxcoders.io.reference.load_reference`)."""
     return stream.resolve_model(model)
 
 
