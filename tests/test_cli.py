@@ -35,6 +35,7 @@ def test_every_command_answers_help():
         source = (ROOT / "jaxcoders" / "cli" / f"{module}.py").read_text()
         doc = ast.get_docstring(ast.parse(source)).strip().splitlines()[0]  # importing would define flags
         assert doc in p.stdout, (name, p.stdout[:500])
+        assert f"jaxcoders.cli.{module}:\n  --" in p.stdout, (name, "--help must list the command's flags")
     p = _jaxcoders("nope")
     assert p.returncode == 2 and p.stderr.strip().startswith("error: unknown command 'nope'")
 

@@ -108,3 +108,25 @@ def test_reference_round_trip_on_gcs(gcs, fixtures_dir):
     for a, b in zip(model.params, again.params):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert again.cfg == model.cfg
+
+
+def test_lock_and_export_rules_on_gcs(gcs):
+    import jaxcoders
+    from jaxcoders.files import OutputExistsError
+    from jaxcoders.locks import DirectoryLock, LockHeld
+
+    with DirectoryLock("gs://bkt/locked/run", what="training workdir"):
+        assert "locked/run/.jaxcoders.lock" in list_objects(gcs, "bkt", "locked/")
+        with pytest.raises(LockHeld, match="is in use"):
+            DirectoryLock("gs://bkt/locked/run").acquire()
+    assert "locked/run/.jaxcoders.lock" not in list_objects(gcs, "bkt", "locked/")
+    # an export never lands among other objects, and never deletes them
+    from etils import epath
+
+    epath.Path("gs://bkt/mine/notes.txt").write_text("mine")
+    from jaxcoders.config import CrossCoderConfig
+
+    model = jaxcoders.CrossCoder(CrossCoderConfig(2, 4, 8, architecture="l1"))
+    with pytest.raises(OutputExistsError, match="notes.txt"):
+        jaxcoders.save_reference(model, "gs://bkt/mine")
+    assert list_objects(gcs, "bkt", "mine/") == ["mine/notes.txt"]

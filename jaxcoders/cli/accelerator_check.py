@@ -20,7 +20,7 @@ from pathlib import Path
 
 from absl import flags
 
-from jaxcoders.cli.common import run_app
+from jaxcoders.cli.common import run_app, user_errors
 
 # Before jax starts: every process takes the device memory it uses, not 75 % of it up front (the
 # driver and each section's process share the device).
@@ -51,6 +51,7 @@ def _fail(msg: str) -> None:
     sys.exit(2)
 
 
+@user_errors
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")

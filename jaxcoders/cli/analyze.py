@@ -17,6 +17,7 @@ import json
 from absl import flags
 
 from jaxcoders.cli.common import run_app, user_errors
+from jaxcoders.files import claim_output_dir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("crosscoder", None, "Reference directory or workdir (export/ or final/); comma-separated for several.")
@@ -37,6 +38,8 @@ flags.DEFINE_bool("nearest", True, "Nearest-other-latent decoder cosines (F^2 D 
 flags.DEFINE_bool("plots", True, "Write PNG plots.")
 flags.DEFINE_integer("mesh_latent", 1, "Devices on the mesh's latent axis (the rest shard tokens).")
 flags.DEFINE_bool("progress", True, "Progress bar.")
+flags.DEFINE_bool("overwrite", False, "Write into --out although it holds files that are not an analysis output "
+                  "(nothing there is deleted).")
 flags.mark_flag_as_required("crosscoder")
 
 
@@ -47,6 +50,7 @@ def main(argv):
     from jaxcoders.analysis import tables
     from jaxcoders.io.remote import local_output, shown
 
+    claim_output_dir(FLAGS.out, "analysis", overwrite=FLAGS.overwrite)
     acts, labels, classes = (None, {}, {})
     if FLAGS.store or FLAGS.acts:
         acts, labels, classes = cli.open_activations(FLAGS.store, FLAGS.acts, FLAGS.labels)

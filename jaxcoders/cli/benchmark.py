@@ -63,7 +63,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from jaxcoders.cli.common import run_app
+from jaxcoders.cli.common import run_app, user_errors
 
 from jaxcoders.perf.flops import dense_flops, executed_flops  # noqa: E402
 
@@ -445,6 +445,7 @@ def _selection_only(common: dict) -> None:
             _emit(rec)
 
 
+@user_errors
 def main(argv):
     del argv
     _maybe_reexec()

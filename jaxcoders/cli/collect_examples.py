@@ -24,6 +24,7 @@ from pathlib import Path
 from absl import flags
 
 from jaxcoders.cli.common import run_app, user_errors
+from jaxcoders.files import claim_output_dir
 
 FLAGS = flags.FLAGS
 log = logging.getLogger("jaxcoders.cli.collect_examples")
@@ -51,6 +52,8 @@ flags.DEFINE_integer("mesh_latent", 1, "Devices on the mesh's latent axis (the r
 flags.DEFINE_float("max_state_gb", 4.0, "Refuse to start when the device state would exceed this (GiB per device).")
 flags.DEFINE_float("max_output_gb", 16.0, "Refuse to start when the examples could exceed this much host memory (GiB).")
 flags.DEFINE_bool("progress", True, "Progress bars.")
+flags.DEFINE_bool("overwrite", False, "Write into --out although it holds files that are not an analysis output "
+                  "(nothing there is deleted).")
 flags.mark_flag_as_required("crosscoder")
 
 
@@ -88,6 +91,7 @@ def main(argv):
     from jaxcoders.analysis import inputs as cli
     from jaxcoders.io.remote import local_output
 
+    claim_output_dir(FLAGS.out, "analysis", overwrite=FLAGS.overwrite)
     acts, labels, classes = cli.open_activations(FLAGS.store, FLAGS.acts, FLAGS.labels)
     rows = None
     if not hasattr(acts, "read_column") and "token_class" in labels:

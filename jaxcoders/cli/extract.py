@@ -22,7 +22,7 @@ import sys
 
 from absl import flags
 
-from jaxcoders.cli.common import run_app
+from jaxcoders.cli.common import run_app, user_errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("base_model", None, "Base model: hub name or local directory (index 0 in the store).")
@@ -62,6 +62,7 @@ for _name in ("base_model", "chat_model", "layer", "dataset", "out"):
     flags.mark_flag_as_required(_name)
 
 
+@user_errors
 def main(argv):
     del argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")

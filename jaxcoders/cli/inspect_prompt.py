@@ -21,7 +21,7 @@ from pathlib import Path
 
 from absl import flags
 
-from jaxcoders.cli.common import run_app
+from jaxcoders.cli.common import run_app, user_errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("base_model", None, "Base model: hub name or local directory.")
@@ -42,6 +42,7 @@ for _name in ("base_model", "chat_model", "crosscoder", "layer"):
     flags.mark_flag_as_required(_name)
 
 
+@user_errors
 def main(argv):
     del argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")

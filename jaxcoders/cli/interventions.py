@@ -23,7 +23,7 @@ from pathlib import Path
 
 from absl import flags
 
-from jaxcoders.cli.common import run_app
+from jaxcoders.cli.common import run_app, user_errors
 
 from jaxcoders.interventions.edits import DEFAULT_EDITS  # noqa: E402  (numpy only; torch loads later)
 
@@ -49,6 +49,8 @@ flags.DEFINE_float("steer_alpha", 1.0, "α of the steer edit.")
 flags.DEFINE_enum("steer_source", "base", ["base", "chat"], "Residual the steer edit adds to.")
 flags.DEFINE_enum("steer_continue", "chat", ["base", "chat"], "Model whose upper blocks continue the steer edit.")
 flags.DEFINE_integer("first_k", 5, "Also report the first k assistant tokens of each turn separately.")
+flags.DEFINE_integer("positions", 32, "Per-position means (KL by token position) for the first n tokens of each "
+                     "assistant turn, in interventions.json `by_position` (0 = off).")
 flags.DEFINE_integer("skip_first", 0, "Leave positions < n unedited (the continuing model's own residual; 1 = BOS).")
 flags.DEFINE_integer("batch_size", 1, "Conversations per forward pass (right-padded).")
 flags.DEFINE_string("device", "auto", "torch device: auto, cpu, cuda, cuda:1, ...")
@@ -59,14 +61,18 @@ flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
 flags.DEFINE_boolean("plot", True, "Write interventions.png.")
 flags.DEFINE_boolean("progress", True, "Progress bar (off when $CI is set or stderr is not a terminal).")
 flags.DEFINE_string("out", "interventions_out", "Output directory.")
+flags.DEFINE_bool("overwrite", False, "Write into --out although it holds files that are not an interventions output "
+                  "(nothing there is deleted).")
 for _name in ("base_model", "chat_model", "layer", "dataset"):
     flags.mark_flag_as_required(_name)
 
 
+@user_errors
 def main(argv):
     del argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     from jaxcoders.extract.models import ModelError
+    from jaxcoders.files import claim_output_dir
     from jaxcoders.extract.text import DataError
     from jaxcoders.interventions.codes import InterventionError
     from jaxcoders.interventions.run import InterventionConfig, format_table, run_interventions
@@ -76,6 +82,7 @@ def main(argv):
     if not all(s.strip().lstrip("-").isdigit() for s in FLAGS.steer_latents):
         print(f"error: --steer_latents must be integers, got {FLAGS.steer_latents}", file=sys.stderr)
         sys.exit(2)
+    claim_output_dir(FLAGS.out, "interventions", overwrite=FLAGS.overwrite)
     try:
         with local_output(FLAGS.out) as out:  # gs:// alike: written locally, uploaded at the end
             latents_file = str(local_copy(FLAGS.latents_file)) if FLAGS.latents_file else None
@@ -96,7 +103,7 @@ def _run(InterventionConfig, run_interventions, out: Path, latents_file):
         num_conversations=FLAGS.num_conversations, max_len=FLAGS.max_len, edits=FLAGS.edits,
         latents_file=latents_file, nu_column=FLAGS.nu_column, steer_latents=steer,
         steer_alpha=FLAGS.steer_alpha, steer_source=FLAGS.steer_source, steer_continue=FLAGS.steer_continue,
-        first_k=FLAGS.first_k, skip_first=FLAGS.skip_first, batch_size=FLAGS.batch_size, device=FLAGS.device,
+        first_k=FLAGS.first_k, positions=FLAGS.positions, skip_first=FLAGS.skip_first, batch_size=FLAGS.batch_size, device=FLAGS.device,
         model_dtype=FLAGS.model_dtype, attn_implementation=FLAGS.attn_implementation, n_boot=FLAGS.n_boot,
         seed=FLAGS.seed, plot=FLAGS.plot, progress=FLAGS.progress,
     )

@@ -24,6 +24,7 @@ import time
 from absl import app, flags
 
 from jaxcoders.cli.common import run_app, user_errors
+from jaxcoders.files import claim_output_dir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("crosscoder", None, "Reference directory or workdir (export/ or final/); comma-separated for several.")
@@ -39,6 +40,8 @@ flags.DEFINE_bool("mirror", True, "Also probe along the base decoder row (base-o
 flags.DEFINE_bool("plots", True, "Write PNG plots.")
 flags.DEFINE_integer("mesh_latent", 1, "Devices on the mesh's latent axis (the rest shard tokens).")
 flags.DEFINE_bool("progress", True, "Progress bar.")
+flags.DEFINE_bool("overwrite", False, "Write into --out although it holds files that are not an analysis output "
+                  "(nothing there is deleted).")
 flags.DEFINE_bool("benchmark", False, "Time Latent Scaling against a plain encode pass instead.")
 flags.DEFINE_string("bench_shape", "65536,256,4096", "N,D,F of the random benchmark problem.")
 flags.DEFINE_float("bench_subset", 0.05, "Fraction of latents probed in the subset benchmark row.")
@@ -126,6 +129,7 @@ def main(argv):
         return
     if not FLAGS.crosscoder:
         raise app.UsageError("--crosscoder is required (a reference directory or a training workdir)")
+    claim_output_dir(FLAGS.out, "analysis", overwrite=FLAGS.overwrite)
     acts, _, _ = cli.open_activations(FLAGS.store, FLAGS.acts)
     for path in [p for p in FLAGS.crosscoder.split(",") if p.strip()]:
         name = cli.crosscoder_name(path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from absl import flags
 
-from jaxcoders.cli.common import run_app
+from jaxcoders.cli.common import run_app, user_errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "toy_out", "Output directory.")
@@ -115,6 +115,7 @@ def write_outputs(rows, out: Path, header: str):
     return "\n".join(lines)
 
 
+@user_errors
 def main(argv):
     del argv
     out = Path(FLAGS.out)

@@ -10,8 +10,10 @@
 `--config.train.k_max=400 --config.train.k_annealing_steps=2000 --config.model.compute_dtype=bfloat16`;
 `--config_help` lists them all with their types, defaults and documentation (they are the fields
 of jaxcoders.config's dataclasses). Rerunning the same command with the same --workdir resumes from
-the latest checkpoint; SIGTERM (preemption) checkpoints and exits. On multi-host systems the same
-command runs on every host (tpu/run.sh); `jax.distributed.initialize` is called first. Outputs:
+the latest checkpoint (a rerun whose config or data differ is refused unless --allow_config_change;
+a checkpoint that does not restore is moved to <workdir>/checkpoints_broken/ and the previous one
+used; a second run on a workdir in use is refused); SIGTERM (preemption) checkpoints and exits. On
+multi-host systems the same command runs on every host (tpu/run.sh); `jax.distributed.initialize` is called first. Outputs:
 <workdir>/config.json, metrics.jsonl, checkpoints/, export/ (reference layout). docs/training.md.
 """
 from __future__ import annotations
@@ -23,8 +25,9 @@ from pathlib import Path
 from absl import flags
 from ml_collections import config_flags
 
-from jaxcoders.cli.common import fail, run_app
+from jaxcoders.cli.common import fail, one_line, run_app, user_errors
 from jaxcoders.config import DataConfig
+from jaxcoders.files import sampled_digest
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Preset name (tiny, gemma2_2b_batchtopk, gemma2_2b_l1, gemma2_2b_tied) or a config "
@@ -33,6 +36,9 @@ config_flags.DEFINE_config_file("config", None, "Preset name (tiny, gemma2_2b_ba
 flags.DEFINE_string("workdir", None, "Run directory (local path or gs://): config, metrics, checkpoints, export.")
 flags.DEFINE_string("push_to_hub", "", "After training, upload the export (and a model card) to this Hugging Face "
                     "Hub repo, e.g. me/gemma2-2b-btk (needs HF_TOKEN or huggingface-cli login).")
+flags.DEFINE_bool("allow_config_change", False, "Resume the workdir's run although this command's config or data "
+                  "differ from what its checkpoints were trained with (config.json is rewritten); without it such a "
+                  "rerun is refused, naming the differences.")
 flags.DEFINE_bool("config_help", False, "Print every --config.<section>.<field> with its type, default and doc, "
                   "then exit.")
 
@@ -52,7 +58,6 @@ def preset_path(value: str) -> str:
 def build_data(data: DataConfig, seed: int, mesh, batch_size: int):
     """(train source, validation source factory or None, D, M, description, the store or None)."""
     import jax
-    import numpy as np
 
     from jaxcoders.training.sources import ArrayBatches, ConcatSources, local_rows
 
@@ -82,18 +87,20 @@ def build_data(data: DataConfig, seed: int, mesh, batch_size: int):
                 return Loader(store, batch_size, seed=0, split=data.val_split, mix="concat", shuffle=False,
                               prefetch=0, num_epochs=1,
                               sharding=shd.named(mesh, shd.batch_spec()))
-        desc = {"store": store.url, "mix": data.mix, "normalize": data.normalize, "target_rms": data.target_rms}
+        desc = {"store": store.url, "mix": data.mix, "normalize": data.normalize, "target_rms": data.target_rms,
+                **store.fingerprint()}
         return train, val, store.d_model, store.num_models, desc, store
     if source == "acts":
-        if not Path(data.acts).is_file():
-            raise ValueError(f"--config.data.acts={data.acts} does not exist; pass an (N, M, D) .npy file")
-        acts = np.load(data.acts, mmap_mode="r")
-        if acts.ndim != 3:
-            raise ValueError(f"{data.acts} must hold an (N, M, D) array, got shape {acts.shape}")
+        acts = open_acts(data.acts)
         n_val = min(len(acts) // 10, 8 * batch_size)
+        if len(acts) - n_val < batch_size:
+            raise ValueError(f"--config.data.acts={data.acts} has {len(acts) - n_val} training rows (of {len(acts)}), "
+                             f"fewer than one batch of {batch_size}; lower --config.run.batch_size or add rows")
         train = ArrayBatches(acts[n_val:], batch_size, seed=seed, rows=rows)
         val = (lambda: ArrayBatches(acts[:n_val], batch_size, rows=rows, shuffle=False)) if n_val >= batch_size else None
-        return train, val, acts.shape[2], acts.shape[1], {"acts": str(data.acts)}, None
+        desc = {"acts": str(data.acts), "acts_shape": list(acts.shape), "acts_dtype": str(acts.dtype),
+                "acts_digest": sampled_digest(data.acts)}
+        return train, val, acts.shape[2], acts.shape[1], desc, None
     from jaxcoders.toy.synthetic import SyntheticSpec, make_dictionary
 
     planted = make_dictionary(SyntheticSpec(seed=seed))
@@ -102,6 +109,29 @@ def build_data(data: DataConfig, seed: int, mesh, batch_size: int):
     train = ArrayBatches(acts, batch_size, seed=seed, rows=rows)
     val = lambda: ArrayBatches(val_acts, batch_size, rows=rows, shuffle=False)  # noqa: E731
     return train, val, acts.shape[2], acts.shape[1], {"synthetic": planted.spec.__dict__}, None
+
+
+def open_acts(path: str):
+    """The (N, M, D) float array of a .npy file (memory-mapped), or a ValueError saying what is wrong."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--config.data.acts={path} does not exist; pass an (N, M, D) .npy file")
+    with open(p, "rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY":
+        raise ValueError(f"--config.data.acts={path} is not a .npy file ("
+                         + ("it is empty" if not magic else "no numpy header") + "); write it with numpy.save")
+    try:
+        acts = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"--config.data.acts={path} is not a readable .npy array ({one_line(e)}); "
+                         "write it with numpy.save") from None
+    if acts.ndim != 3 or not np.issubdtype(acts.dtype, np.floating):
+        raise ValueError(f"--config.data.acts={path} must hold an (N, M, D) float array, got shape {acts.shape} "
+                         f"dtype {acts.dtype}")
+    return acts
 
 
 def normalized_model(model_cfg, data: DataConfig, store, seed: int):
@@ -131,6 +161,7 @@ def _make_mesh(c):
     return shd.make_mesh(c.run.mesh_data or None, c.run.mesh_latent or None)
 
 
+@user_errors
 def main(argv):
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -153,26 +184,36 @@ def main(argv):
 
     log.info("process %d/%d, %d devices (%s)", jax.process_index(), jax.process_count(), jax.device_count(),
              jax.devices()[0].device_kind)
+    resolve(c, 2, 1)  # validates every field before data is opened (M and D are checked later)
+    mesh = _make_mesh(c)
+    data = DataConfig(**dict(c.data))
+    train, val, D, M, desc, store = build_data(data, c.run.seed, mesh, c.run.batch_size)
     try:
-        resolve(c, 2, 1)  # validates every field before data is opened (M and D are checked later)
-        mesh = _make_mesh(c)
-        data = DataConfig(**dict(c.data))
-        train, val, D, M, desc, store = build_data(data, c.run.seed, mesh, c.run.batch_size)
         model_cfg, train_cfg, run_cfg, _ = resolve(c, M, D)
         init_model = normalized_model(model_cfg, data, store, run_cfg.seed) if data.normalize else None
         if init_model is not None:
             model_cfg = init_model.cfg
         if val is not None and run_cfg.eval_every and data.source() == "store":
-            val().close()  # fail now, not at the first evaluation, if the split cannot feed this layout
+            try:  # fail now, not at the first evaluation, if the split cannot feed this layout
+                val().close()
+            except ValueError as e:
+                raise ValueError(f"validation split {data.val_split!r}: {one_line(e)}; or train without validation "
+                                 "(--config.data.val_split= or --config.run.eval_every=0)") from e
         log.info("mesh %s", dict(mesh.shape))
         model = train_and_evaluate(model_cfg, train_cfg, run_cfg, FLAGS.workdir, train, val, data_description=desc,
-                                   mesh=mesh, init_model=init_model)
-        if FLAGS.push_to_hub and jax.process_index() == 0:
-            from jaxcoders.io.reference import upload_to_hub
+                                   mesh=mesh, init_model=init_model, allow_config_change=FLAGS.allow_config_change)
+    finally:  # the loader's prefetch thread stops before the process exits, also after an error
+        if hasattr(train, "close"):
+            train.close()
+    if getattr(model, "steps_done", None) is not None and model.steps_done < c.run.steps:
+        if jax.process_index() == 0:
+            print(f"stopped at step {model.steps_done} of {c.run.steps} (checkpoint saved); rerun the same command to "
+                  "continue")
+        return
+    if FLAGS.push_to_hub and jax.process_index() == 0:
+        from jaxcoders.io.reference import upload_to_hub
 
-            log.info("pushed %s", upload_to_hub(model, FLAGS.push_to_hub))
-    except (ValueError, FileNotFoundError) as e:
-        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        log.info("pushed %s", upload_to_hub(model, FLAGS.push_to_hub))
     if jax.process_index() == 0:
         print(f"done: {model} -> {FLAGS.workdir}/export")
 

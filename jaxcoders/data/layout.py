@@ -45,6 +45,8 @@ import os
 import numpy as np
 import tensorstore as ts
 
+from jaxcoders.locks import LOCK_NAME
+
 FORMAT = "jaxcoders.activation_store"
 FORMAT_VERSION = 1
 
@@ -62,6 +64,7 @@ ROW_ARRAYS = {
 # accepted `acts` dtype names -> zarr dtype
 ACT_DTYPES = {"bfloat16": "bfloat16", "float32": "float32", "bf16": "bfloat16", "f32": "float32"}
 ROW_CHUNK_MIN = 65536  # fewest rows per chunk of a per-row array
+LOCK_KEY = LOCK_NAME  # the one writer's lock (jaxcoders.locks), not part of the store
 
 
 class TokenClass(enum.IntEnum):
@@ -185,11 +188,26 @@ def store_exists(url: str) -> bool:
 
 
 def list_keys(url: str, limit: int = 5) -> list[str]:
-    """Up to `limit` keys under `url` (to tell an empty location from a used one)."""
-    keys = open_kvstore(url).list().result()
-    return [k.decode() for k in keys[:limit]]
+    """Up to `limit` keys under `url` (to tell an empty location from a used one); the writer's
+    lock (`LOCK_KEY`) does not count."""
+    keys = [k.decode() for k in open_kvstore(url).list().result()]
+    return [k for k in keys if k != LOCK_KEY][:limit]
 
 
 def delete_store(url: str) -> None:
-    """Delete everything under `url` (used by --overwrite)."""
-    open_kvstore(url).delete_range(ts.KvStore.KeyRange()).result()
+    """Delete everything under `url` (used by --overwrite) except the writer's lock (`LOCK_KEY`)."""
+    kv = open_kvstore(url)
+    lock = LOCK_KEY.encode()
+    kv.delete_range(ts.KvStore.KeyRange(exclusive_max=lock)).result()
+    kv.delete_range(ts.KvStore.KeyRange(inclusive_min=lock + b"\x00")).result()
+
+
+def lock_location(url: str) -> str | None:
+    """Where a writer's `jaxcoders.locks.DirectoryLock` of the store lives: the local directory or
+    the gs:// prefix; None for stores that only live in this process (memory://)."""
+    url = normalize_url(url)
+    if url.startswith("file://"):
+        return url[len("file://"):]
+    if url.startswith("gs://"):
+        return url
+    return None

@@ -268,6 +268,15 @@ class Loader:
                     process_count=self.process_count)
             for i, g in enumerate(groups)
         ]
+        if drop_remainder:  # a batch never repeats rows: every stream fills its share of one batch
+            for i, (st, share) in enumerate(zip(self.streams, self.counts)):
+                if st.num_rows < share * self.process_count:
+                    what = f"dataset {ids[i]} ({self.store.datasets[ids[i]]})" if len(self.streams) > 1 else "the store"
+                    raise LoaderError(
+                        f"{what} has {st.num_rows} rows in split {split!r}, fewer than its "
+                        f"{share * self.process_count} rows of one batch of {self.batch_size} (batches would repeat "
+                        f"rows{' or be empty' if num_epochs is not None else ''}); lower batch_size, or extract more "
+                        "tokens")
         if num_epochs is not None and (len(self.streams) > 1 or self.process_count > 1) and not drop_remainder:
             raise LoaderError("drop_remainder=False needs a single stream (mix='concat') and one process.")
         self._step = 0

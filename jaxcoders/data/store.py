@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxcoders.data.layout import (  # noqa: F401 - re-exported: the store's API in one place
     ACT_DTYPES, FORMAT, FORMAT_VERSION, ROW_ARRAYS, StoreError, TokenClass, default_chunk_rows, delete_store,
-    list_keys, local_path, normalize_url, np_dtype, open_array, read_group_metadata, store_exists)
+    list_keys, local_path, lock_location, normalize_url, np_dtype, open_array, read_group_metadata, store_exists)
 from jaxcoders.data.moments import (  # noqa: F401 - re-exported
     Stats, batch_moments, load_moments, merge_moments, moments_to_stats, split_stats)
 from jaxcoders.data.writer import StoreWriter
@@ -174,6 +174,20 @@ class ActivationStore:
     @property
     def chunk_rows(self) -> int:
         return int(self._meta["chunk_rows"])
+
+    def fingerprint(self) -> dict:
+        """What identifies this store's content for a training run (recorded with every checkpoint and
+        compared on resume): when it was created, its shape, rows per split, and for an extraction
+        the models and layer. A store rewritten in place (another layer, other data) changes it."""
+        ex = self._meta.get("extraction") or {}
+        rows = {}
+        for s in self._meta["sources"]:
+            rows[s["split"]] = rows.get(s["split"], 0) + int(s.get("num_rows") or 0)
+        return {"store_created_at": self._meta.get("created_at"), "store_shape": list(self.shape),
+                "store_dtype": self._meta["dtype"], "store_rows": rows, "store_datasets": self.datasets,
+                "store_layer": ex.get("layer"),
+                "store_models": [m.get("weights_fingerprint") or m.get("commit_hash") or m.get("name")
+                                 for m in ex.get("models", [])]}
 
     @property
     def complete(self) -> bool:

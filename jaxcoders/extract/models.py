@@ -57,6 +57,28 @@ def load_config(name: str, revision: str | None, flag: str) -> ModelInfo:
     )
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+
+
+def weights_fingerprint(name: str) -> str | None:
+    """For a model in a local directory: a fingerprint of its weight files (name, size and sampled
+    blocks of each: `jaxcoders.files.sampled_digest`), so that a resumed extraction notices weights
+    replaced in place. None for hub names (their commit hash identifies the weights)."""
+    import hashlib
+    from pathlib import Path
+
+    from jaxcoders.files import sampled_digest
+
+    root = Path(name)
+    if not root.is_dir():
+        return None
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.relative_to(root)}={sampled_digest(p)};".encode())
+    return h.hexdigest()[:32]
+
+
 def check_layer(layer: int, infos: dict[str, ModelInfo]) -> None:
     for flag, info in infos.items():
         if not 0 <= layer < info.num_layers:

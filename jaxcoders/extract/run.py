@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
 import sys
 import time
 from typing import Any, Iterator
@@ -51,6 +49,8 @@ from jaxcoders.extract.config import (  # noqa: F401 - re-exported: the extracti
 from jaxcoders.extract.models import ModelError
 from jaxcoders.extract.text import DataError
 from jaxcoders.extract.writer import ExtractionError, StoreFeeder
+from jaxcoders.files import free_disk_bytes
+from jaxcoders.locks import DirectoryLock
 from jaxcoders.progress import progress_bar
 
 log = logging.getLogger("jaxcoders.extract")
@@ -119,6 +119,14 @@ def _rounds(docs: Iterator[tuple[int, Any]], start_doc: int, rows_before: int, m
         start_doc = end_doc
 
 
+def _kept_rows(ids: np.ndarray, ignore_first_n: int, bos_id: int | None, drop_bos: bool) -> int:
+    """Rows a document's ids give after the token filters (as in `_rounds`)."""
+    keep = np.arange(len(ids)) >= ignore_first_n
+    if drop_bos and bos_id is not None:
+        keep &= np.asarray(ids) != bos_id
+    return int(keep.sum())
+
+
 def _batches(rnd: _Round, batch_size: int) -> list[list[_Seq]]:
     seqs = rnd.seqs
     if batch_size > 1:  # longest first: OOM shows up in the first batch, and little padding
@@ -168,25 +176,18 @@ def _check_same_models(url: str, existing: dict, infos: dict, chat_tok) -> None:
                 f"{flag}={info.name} is now at commit {info.commit_hash}, but --out={url} was started with commit "
                 f"{rec['commit_hash']}; pin --{flag[2:6]}_revision={rec['commit_hash']} to continue."
             )
+        now = models_lib.weights_fingerprint(info.name)
+        if rec.get("weights_fingerprint") and now and rec["weights_fingerprint"] != now:
+            raise StoreError(
+                f"the weights in {flag}={info.name} changed since --out={url} was started (fingerprint "
+                f"{rec['weights_fingerprint']} -> {now}); restore the original weights to resume, or use a new "
+                "--out (or --overwrite) for the new ones."
+            )
     if "chat_template" in ex and ex["chat_template"] != getattr(chat_tok, "chat_template", None):
         raise StoreError(
             f"the chat template of --chat_model changed since --out={url} was started; restore it, or use a new "
             "--out (or --overwrite)."
         )
-
-
-def free_disk_bytes(path: str) -> int | None:
-    """Free bytes on the filesystem that would hold `path` (None if unknown)."""
-    p = os.path.abspath(path)
-    while not os.path.exists(p):
-        parent = os.path.dirname(p)
-        if parent == p:
-            return None
-        p = parent
-    try:
-        return shutil.disk_usage(p).free
-    except OSError:
-        return None
 
 
 def _check_disk(url: str, rows_left: int, bytes_per_row: int) -> None:
@@ -207,9 +208,20 @@ def _check_disk(url: str, rows_left: int, bytes_per_row: int) -> None:
 
 
 def run_extraction(cfg: ExtractConfig) -> str:
-    """Extract (or resume extracting) activations into `cfg.out`; returns the store URL."""
+    """Extract (or resume extracting) activations into `cfg.out`; returns the store URL.
+
+    One writer per store: a second extraction into the same --out while this one runs is refused
+    (`jaxcoders.locks.DirectoryLock`; a lock left by a killed run is detected as stale)."""
     cfg.validate()
     url = normalize_url(cfg.out)
+    where = store_lib.lock_location(url)
+    if where is None:  # memory:// stores live in this process only
+        return _extract(cfg, url)
+    with DirectoryLock(where, what="activation store (extraction)"):
+        return _extract(cfg, url)
+
+
+def _extract(cfg: ExtractConfig, url: str) -> str:
     ident = cfg.identity()
 
     # 1. An existing store must come from the same command (cheap: before loading anything).
@@ -251,8 +263,17 @@ def run_extraction(cfg: ExtractConfig) -> str:
     for i, d in enumerate(cfg.datasets):
         encoders[i] = _encoder(d, base_tok, chat_tok, cfg.seq_len)
         sample = [v for _, v in zip(range(SAMPLE_DOCS), text_lib.iter_docs(handles[(i, d.split)], d.column))]
+        kept = 0
         for ids, _ in encoders[i]([v for _, v in sample]):
             text_lib.check_ids(ids, mismatch, base_tok, chat_tok, vocab_limits)
+            kept += _kept_rows(ids, d.ignore_first_n, base_tok.bos_token_id, cfg.drop_bos)
+        if kept == 0 and len(sample) < SAMPLE_DOCS:  # the whole dataset was sampled: nothing to store
+            raise DataError(
+                f"--dataset={d.name} (split {d.split!r}) produces no tokens"
+                + (f" ({len(sample)} documents, all empty after tokenization and the token filters)" if sample
+                   else " (it has no documents)")
+                + f"; check --{'chat' if d.kind == 'chat' else 'text'}_column and the token filters. Nothing was written."
+            )
     if mismatch is not None:
         log.warning("base and chat vocabularies differ on %d ids; every batch is checked.", int(mismatch.sum()))
 
@@ -301,10 +322,12 @@ def _extraction_metadata(cfg, ident, infos, base_tok, chat_tok, base, chat) -> d
         "models": [
             {"index": 0, "role": "base", "name": cfg.base_model, "revision": cfg.base_revision,
              "commit_hash": infos["--base_model"].commit_hash, "model_type": infos["--base_model"].model_type,
-             "num_layers": infos["--base_model"].num_layers, "torch_dtype": str(base.dtype)},
+             "num_layers": infos["--base_model"].num_layers, "torch_dtype": str(base.dtype),
+             "weights_fingerprint": models_lib.weights_fingerprint(cfg.base_model)},
             {"index": 1, "role": "chat", "name": cfg.chat_model, "revision": cfg.chat_revision,
              "commit_hash": infos["--chat_model"].commit_hash, "model_type": infos["--chat_model"].model_type,
-             "num_layers": infos["--chat_model"].num_layers, "torch_dtype": str(chat.dtype)},
+             "num_layers": infos["--chat_model"].num_layers, "torch_dtype": str(chat.dtype),
+             "weights_fingerprint": models_lib.weights_fingerprint(cfg.chat_model)},
         ],
         "layer": cfg.layer,
         "hook": f"residual stream after decoder block {cfg.layer} = HF hidden_states[{cfg.layer + 1}]"
@@ -385,6 +408,7 @@ class _Extraction:
                                     self.encoders[src["dataset_id"]], round_docs(self.cfg.batch_size),
                                     d.ignore_first_n, self.bos_id, self.cfg.drop_bos), depth=2)
         end_doc, seqs_before, first = cursor["round_start_doc"], cursor["seqs_before"], True
+        source_rows = int(src.get("num_rows") or 0)  # committed so far; then every row put
         try:
             for rnd in rounds:
                 skip = cursor["batches_done"] if first else 0
@@ -404,19 +428,21 @@ class _Extraction:
                         self.bar.update(n_rows)
                     row += n_rows
                     seq += n_seqs
+                    source_rows = max(source_rows, row - src["row_start"])
                 seqs_before = seq
                 end_doc = rnd.end_doc
         finally:
             rounds.close()
+        if source_rows == 0 and src["split"] == "train":  # never marked done: a store without training rows is never complete
+            raise DataError(f"--dataset={d.name} (split {src['data_split']!r}) produced no tokens; "
+                            f"check --{'chat' if d.kind == 'chat' else 'text'}_column and the token filters "
+                            f"(the store at --out stays incomplete; rerun with other data and --overwrite).")
         w.put({"source": si, "update": {"done": True, "docs_end": end_doc}})
         w.drain()
         got = self.writer.metadata["sources"][si]["num_rows"]
-        if 0 < got < src["max_rows"]:
+        if got < src["max_rows"]:  # (a validation split may end up empty: training then refuses to use it)
             log.warning("--dataset=%s (%s) ran out of documents: %d of %d %s rows stored.", d.name,
                         src["data_split"], got, src["max_rows"], src["split"])
-        if src["split"] == "train" and self.writer.metadata["sources"][si]["num_rows"] == 0:
-            raise DataError(f"--dataset={d.name} (split {src['data_split']!r}) produced no tokens; "
-                            f"check --{'chat' if d.kind == 'chat' else 'text'}_column and the token filters.")
 
     def _forward(self, batch: list[_Seq], start: int, seq0: int, dataset_id: int) -> dict:
         import torch

@@ -28,9 +28,10 @@ import numpy as np
 from jaxcoders.config import CodeNormalization, CrossCoderConfig
 from jaxcoders.core.module import CrossCoder
 from jaxcoders.core.params import CrossCoderBuffers, CrossCoderParams, default_buffers, fold_normalization
+from jaxcoders.files import is_url, write_files
 from jaxcoders.io.hub import ReferenceFormatError, model_card, push_folder
 from jaxcoders.io.sources import fetch_crosscoder
-from jaxcoders.io.tied import load_tied_reference, save_tied
+from jaxcoders.io.tied import TIED_EXPORT_FILES, load_tied_reference, tied_export_files
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,37 @@ def is_tied_layout(path: Path) -> bool:
     return bool(list(p.glob("*_cfg.json")))
 
 
+_BUFFER_SHAPES = {"activation_mean": lambda M, D: [(M, D)], "activation_std": lambda M, D: [(M, D)],
+                  "activation_global_scale": lambda M, D: [(), (1,), (M,)], "target_rms": lambda M, D: [(), (1,)],
+                  "k": lambda M, D: [(), (1,)], "code_normalization_id": lambda M, D: [(), (1,)]}
+
+
+def check_tensors(tensors: dict, config: dict, weights_path: Path, cfg_dir: Optional[Path], M: int, D: int) -> None:
+    """Load-time checks: finite weights, buffers of the right shapes, config.json agreeing with them."""
+    for name in _WEIGHT_KEYS + ("threshold",):
+        if name in tensors and not np.all(np.isfinite(np.asarray(tensors[name], np.float32))):
+            bad = int(np.size(tensors[name]) - np.isfinite(np.asarray(tensors[name], np.float32)).sum())
+            raise ReferenceFormatError(f"{weights_path}: {name} holds {bad} NaN/inf values; the checkpoint is "
+                                       "broken (re-export it from its training run)")
+    for name, shapes in _BUFFER_SHAPES.items():
+        if name in tensors and tuple(np.shape(tensors[name])) not in shapes(M, D):
+            raise ReferenceFormatError(f"{weights_path}: {name} has shape {tuple(np.shape(tensors[name]))}, expected "
+                                       f"{' or '.join(map(str, shapes(M, D)))} for M={M} models of D={D}")
+    where = cfg_dir / CONFIG_FILE if cfg_dir is not None else CONFIG_FILE
+    if "k" in tensors and config.get("k") is not None and int(config["k"]) != int(np.asarray(tensors["k"]).reshape(())):
+        raise ReferenceFormatError(f"{where}: k={config['k']} disagrees with k={int(np.asarray(tensors['k']).reshape(()))} "
+                                   f"stored in {weights_path}; fix config.json (the tensor is what was trained)")
+    if "code_normalization_id" in tensors and config.get("code_normalization") is not None:
+        stored = CodeNormalization.parse(int(np.asarray(tensors["code_normalization_id"]).reshape(())))
+        try:
+            named = CodeNormalization.parse(config["code_normalization"])
+        except ValueError as e:
+            raise ReferenceFormatError(f"{where}: {e}") from None
+        if named != stored:
+            raise ReferenceFormatError(f"{where}: code_normalization={named.name} disagrees with {stored.name} stored in "
+                                       f"{weights_path}; fix config.json (the tensor is what was trained)")
+
+
 def load_reference(
     path: os.PathLike | str,
     *,
@@ -184,6 +216,7 @@ def load_reference(
     for name, key in (("activation_dim", D), ("dict_size", F), ("num_layers", M)):
         if name in config and config[name] is not None and int(config[name]) != key:
             raise ReferenceFormatError(f"{cfg_dir / CONFIG_FILE}: {name}={config[name]} disagrees with the tensors ({key})")
+    check_tensors(tensors, config, weights_path, cfg_dir, M, D)
 
     # architecture
     dict_class = (trainer_cfg.get("trainer") or {}).get("dict_class") if trainer_cfg else None
@@ -343,60 +376,47 @@ def reference_tensors(model) -> dict[str, np.ndarray]:
     return out
 
 
-def save_reference(model, out_dir: os.PathLike | str, *, push_to_hub: Optional[str] = None,
-                   private: Optional[bool] = None) -> Path:
+EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, TRAINER_CONFIG_FILE, EXTRA_CONFIG_FILE) + TIED_EXPORT_FILES
+
+
+def export_files(model) -> dict[str, bytes]:
+    """{file name: bytes} of `model`'s export: the reference layout (weights first), or the tied one."""
+    from safetensors.numpy import save
+
+    if model.cfg.is_tied:  # the reference CrossCoder layout has no latent triples
+        return tied_export_files(model)
+    dump = lambda d: json.dumps(d, indent=2, sort_keys=True).encode()  # noqa: E731
+    files = {WEIGHTS_FILE: save(reference_tensors(model)),
+             CONFIG_FILE: dump(reference_config_dict(model)),
+             TRAINER_CONFIG_FILE: dump({"trainer": {"dict_class": DICT_CLASS[model.cfg.architecture]}})}
+    if model.cfg.n_shared_latents:
+        files[EXTRA_CONFIG_FILE] = dump({"n_shared_latents": model.cfg.n_shared_latents})
+    return files
+
+
+def save_reference(model, out_dir: os.PathLike | str, *, overwrite: bool = False, push_to_hub: Optional[str] = None,
+                   private: Optional[bool] = None):
     """Write `model` as a reference directory that dictionary_learning's `from_pretrained` loads
     (a tied crosscoder: its own layout, `jaxcoders.io.tied`); `out_dir` may be a URL (gs://...).
 
-    Written atomically: files go to a temporary sibling directory that replaces `out_dir` at the
-    end, so a crash never leaves a half-written checkpoint. Fields the reference's config.json has no
-    key for (the shared-latent block) go to `jaxcoders.json`. With `push_to_hub="org/name"` the same
-    files and a model card are uploaded to the Hugging Face Hub (`upload_to_hub`). Returns the path."""
-    from safetensors.numpy import save_file
-
+    Only the export's own files are written, each atomically (a crash leaves the old file or the new
+    one), with ordinary permissions. `out_dir` may be new, empty, or a previous export; a directory
+    holding anything else is refused (`jaxcoders.files.OutputExistsError`) unless `overwrite=True`,
+    and even then nothing but the export's own file names is written or removed. Fields the
+    reference's config.json has no key for (the shared-latent block) go to `jaxcoders.json`. With
+    `push_to_hub="org/name"` the same files and a model card are uploaded to the Hugging Face Hub
+    (`upload_to_hub`). Returns the path."""
     if push_to_hub:
-        out = save_reference(model, out_dir, private=private)
+        out = save_reference(model, out_dir, overwrite=overwrite, private=private)
         pushed = upload_to_hub(model, push_to_hub, private=private)
         log.info("uploaded %s to %s", out, pushed)
         return out
-    if "://" in str(out_dir):  # object store: write locally, then upload the files
+    write_files(out_dir, export_files(model), own_names=EXPORT_FILES, overwrite=overwrite, what="crosscoder export")
+    if is_url(out_dir):
         from etils import epath
 
-        with tempfile.TemporaryDirectory() as tmp_dir:
-            local = save_reference(model, Path(tmp_dir) / "export")
-            dest = epath.Path(out_dir)
-            dest.mkdir(parents=True, exist_ok=True)
-            for f in sorted(local.iterdir()):
-                (dest / f.name).write_bytes(f.read_bytes())
-        return dest
-    if model.cfg.is_tied:  # the reference CrossCoder layout has no latent triples
-        return save_tied(model, out_dir)
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        save_file(reference_tensors(model), str(tmp / WEIGHTS_FILE))
-        (tmp / CONFIG_FILE).write_text(json.dumps(reference_config_dict(model), indent=2, sort_keys=True))
-        trainer = {"trainer": {"dict_class": DICT_CLASS[model.cfg.architecture]}}
-        (tmp / TRAINER_CONFIG_FILE).write_text(json.dumps(trainer, indent=2, sort_keys=True))
-        if model.cfg.n_shared_latents:
-            extra = {"n_shared_latents": model.cfg.n_shared_latents}
-            (tmp / EXTRA_CONFIG_FILE).write_text(json.dumps(extra, indent=2, sort_keys=True))
-        if out.exists():
-            backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, backup)
-            os.replace(tmp, out)
-            import shutil
-
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        return epath.Path(out_dir)
+    return Path(out_dir)
 
 
 def upload_to_hub(model, repo_id: str, *, private: Optional[bool] = None, base_model: str = "", chat_model: str = "",

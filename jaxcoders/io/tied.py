@@ -12,6 +12,7 @@ import numpy as np
 from jaxcoders.config import CrossCoderConfig
 from jaxcoders.core.module import CrossCoder
 from jaxcoders.core.params import CrossCoderParams, default_buffers, normalization_buffers
+from jaxcoders.files import is_url, write_files
 
 
 TIED_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
@@ -74,7 +75,10 @@ def load_tied_reference(path, normalization_factors=None) -> CrossCoder:
     if p.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
-        state = load_file(str(p))
+        try:
+            state = load_file(str(p))
+        except Exception as e:  # truncated or not a safetensors file
+            raise ValueError(f"{p} is not a readable safetensors file ({e})") from e
     else:
         try:
             import torch
@@ -82,6 +86,9 @@ def load_tied_reference(path, normalization_factors=None) -> CrossCoder:
             raise ValueError(f"{p} is a torch file: install torch (pip install torch==2.13.0) to read it") from e
         sd = torch.load(str(p), map_location="cpu", weights_only=True)
         state = {k.split("_orig_mod.")[-1]: v.float().numpy() for k, v in sd.items()}
+    for name, arr in state.items():
+        if np.issubdtype(np.asarray(arr).dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise ValueError(f"{p}: {name} holds NaN/inf values; the checkpoint is broken (re-export it)")
     params = params_from_reference(state)
     M, D, F3 = params.w_enc_MDF.shape
     cfg_json = {}
@@ -105,14 +112,14 @@ def load_tied_reference(path, normalization_factors=None) -> CrossCoder:
     return model
 
 
-def save_tied(model, out_dir) -> Path:
-    """Export a tied crosscoder as `model.safetensors` (reference key names and shapes) + `cfg.json`
-    (with the input normalization, when the model has one: `normalisation_factor` per model)."""
-    from safetensors.numpy import save_file
+TIED_EXPORT_FILES = ("model.safetensors", "cfg.json")
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(params_to_reference(model.cfg, model.params), str(out / "model.safetensors"))
+
+def tied_export_files(model) -> dict[str, bytes]:
+    """The files of a tied export: `model.safetensors` (reference key names and shapes) + `cfg.json`
+    (with the input normalization, when the model has one: `normalisation_factor` per model)."""
+    from safetensors.numpy import save
+
     cfg = {k: v for k, v in (model.reference_config or {}).items() if k not in NORM_KEYS + ("activation_mean",)}
     cfg.update({"d_in": model.cfg.activation_dim, "dict_size": model.cfg.dict_size, "n_models": 2,
                 "architecture": "tied"})
@@ -123,5 +130,13 @@ def save_tied(model, out_dir) -> Path:
         mean = np.asarray(b.act_mean_MD, np.float64)
         if np.any(mean != 0):
             cfg["activation_mean"] = mean.tolist()
-    (out / "cfg.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    return out
+    return {"model.safetensors": save(params_to_reference(model.cfg, model.params)),
+            "cfg.json": json.dumps(cfg, indent=2, sort_keys=True).encode()}
+
+
+def save_tied(model, out_dir, *, overwrite: bool = False) -> Path:
+    """Export a tied crosscoder (`tied_export_files`) into `out_dir` (`jaxcoders.files.write_files`:
+    atomic per file; a directory holding other files is refused unless `overwrite`)."""
+    write_files(out_dir, tied_export_files(model), own_names=TIED_EXPORT_FILES, overwrite=overwrite,
+                what="crosscoder export")
+    return out_dir if is_url(out_dir) else Path(out_dir)

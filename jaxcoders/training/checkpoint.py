@@ -38,6 +38,18 @@ class RunCheckpointer:
             force=force,
         )
 
+    def read_meta(self, step: int) -> dict:
+        """The JSON record of `step` alone (no arrays are read)."""
+        return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def step_path(self, step: int) -> str:
+        """The directory of checkpoint `step`."""
+        return f"{str(self.directory).rstrip('/')}/{step}"
+
+    def reload(self) -> None:
+        """Re-read the list of checkpoints from storage (after one was moved away)."""
+        self._mngr.reload()
+
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restore `step` into arrays shaped and sharded like `abstract_state`
         (a pytree of arrays or `jax.ShapeDtypeStruct`s with shardings)."""

@@ -32,6 +32,7 @@ from jaxcoders.config import CrossCoderConfig, RunConfig, TrainConfig
 from jaxcoders.core.crosscoder import normalize_input
 from jaxcoders.core.module import CrossCoder
 from jaxcoders.io.reference import save_reference
+from jaxcoders.locks import DirectoryLock
 from jaxcoders.progress import on_terminal, progress_bar
 from jaxcoders.training import sharding as shd
 from jaxcoders.training.checkpoint import RunCheckpointer
@@ -41,7 +42,8 @@ from jaxcoders.training.schedules import geometric_median, k_plan
 from jaxcoders.training.sources import local_rows
 from jaxcoders.training.state import init_train_state, shard_train_state
 from jaxcoders.training.step import make_train_step
-from jaxcoders.training.workdir import MetricsLog, check_or_write_config, is_remote, resolved_config
+from jaxcoders.training.resume import check_room_for_checkpoint, check_workdir, config_diffs, mismatch_error, read_config_json, restore_latest
+from jaxcoders.training.workdir import MetricsLog, is_remote, resolved_config, write_config
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +101,37 @@ def train_and_evaluate(
     data_description: Optional[dict] = None,
     mesh=None,
     progress: Optional[bool] = None,
+    allow_config_change: bool = False,
 ) -> CrossCoder:
     """Train (or resume) a crosscoder in `workdir`; returns the trained model.
 
     `val_source`: a callable returning a fresh iterable of validation batches (local rows), or None.
+    `data_description`: what the data is (source, fingerprint); recorded in config.json and every
+    checkpoint, and compared on resume (`jaxcoders.training.resume`), as is the rest of the config;
+    `allow_config_change=True` resumes despite differences. One writer per workdir: a second run on
+    the same workdir is refused while this one holds its lock (`jaxcoders.locks.DirectoryLock`).
     """
     workdir = epath.Path(workdir)  # local paths and gs:// alike
+    if jax.process_index() != 0:  # process 0 holds the workdir's lock for the whole run
+        return _train(model_cfg, train_cfg, run_cfg, workdir, train_source, val_source, init_model,
+                      data_description, mesh, progress, allow_config_change)
+    with DirectoryLock(workdir, what="training workdir"):
+        return _train(model_cfg, train_cfg, run_cfg, workdir, train_source, val_source, init_model,
+                      data_description, mesh, progress, allow_config_change)
+
+
+def _train(model_cfg, train_cfg, run_cfg, workdir, train_source, val_source, init_model, data_description, mesh,
+           progress, allow_config_change) -> CrossCoder:
     is_writer = jax.process_index() == 0
     resolved = resolved_config(model_cfg, train_cfg, run_cfg, data_description)
-    check_or_write_config(workdir, resolved, is_writer)
+    config_path = workdir / "config.json"
+    old_config = read_config_json(config_path)
+    if is_writer and old_config is None:
+        check_workdir(workdir)
+    if old_config is not None and not allow_config_change:
+        diffs = config_diffs(old_config, resolved)
+        if diffs:
+            raise mismatch_error(workdir, diffs, "config.json")
     if mesh is None:
         if run_cfg.mesh_data or run_cfg.mesh_latent:
             mesh = shd.make_mesh(run_cfg.mesh_data or None, run_cfg.mesh_latent or None)
@@ -126,23 +150,33 @@ def train_and_evaluate(
     step_fn = make_train_step(plan.step_cfg, train_cfg, run_cfg.steps, k_cap=plan.k_cap, mesh=mesh)
     eval_step = make_eval_step(model_cfg)
 
-    ckpt_dir = str(workdir / "checkpoints") if is_remote(workdir) else os.path.abspath(str(workdir / "checkpoints"))
-    ckpt = RunCheckpointer(ckpt_dir, keep=run_cfg.keep_checkpoints,
-                           async_save=run_cfg.async_checkpoint)
-    metrics_path = workdir / "metrics.jsonl"
     rows = local_rows(mesh, run_cfg.batch_size)
     if (rows.stop - rows.start) * jax.process_count() != run_cfg.batch_size:
         raise ValueError(
             f"the mesh {dict(mesh.shape)} puts overlapping batch rows on several processes; keep the "
             "latent axis within one host (mesh_latent <= devices per host)"
         )
+    ckpt_dir = str(workdir / "checkpoints") if is_remote(workdir) else os.path.abspath(str(workdir / "checkpoints"))
+    ckpt = RunCheckpointer(ckpt_dir, keep=run_cfg.keep_checkpoints,
+                           async_save=run_cfg.async_checkpoint)
+    with _closing(ckpt):  # pending async writes finish (or the error surfaces) before the process exits
+        return _run_loop(model_cfg, train_cfg, run_cfg, workdir, train_source, val_source, progress,
+                         allow_config_change, is_writer, resolved, old_config, config_path, mesh, plan, state,
+                         step_fn, eval_step, ckpt)
+
+
+def _run_loop(model_cfg, train_cfg, run_cfg, workdir, train_source, val_source, progress, allow_config_change,
+              is_writer, resolved, old_config, config_path, mesh, plan, state, step_fn, eval_step, ckpt):
+    state, meta = restore_latest(ckpt, state, workdir, resolved, allow_config_change=allow_config_change,
+                                 can_move=jax.process_count() == 1, have_config_json=old_config is not None)
     start = 0
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state, meta = ckpt.restore(latest, state)
+    if meta is not None:
         train_source.load_state_dict(meta["cursor"])
         start = int(meta["step"])
         log.info("resumed from %s at step %d", workdir, start)
+    if is_writer and (old_config is None or (allow_config_change and config_diffs(old_config, resolved))):
+        write_config(workdir, resolved)
+    metrics_path = workdir / "metrics.jsonl"
     metrics_log = MetricsLog(metrics_path, start, is_writer)
     tb = TensorBoardLog(workdir / "tensorboard", start, enabled=is_writer and run_cfg.tensorboard)
     wb = WandbLog(workdir, project=run_cfg.wandb_project, entity=run_cfg.wandb_entity, name=run_cfg.wandb_run_name,
@@ -163,7 +197,7 @@ def train_and_evaluate(
     # the source's prefetch thread is stopped (and joined) on the way out, so that no thread reads
     # the store while the process exits
     source_closer = _closing(train_source) if hasattr(train_source, "close") else contextlib.nullcontext()
-    with _Preemption() as preempt, _closing(ckpt), _closing(tb), _closing(wb), source_closer:
+    with _Preemption() as preempt, _closing(tb), _closing(wb), source_closer:
         while step < run_cfg.steps:
             x = as_global_batch(next(data_iter), mesh, run_cfg.batch_size)
             if step == 0 and model_cfg.is_batchtopk and train_cfg.init_b_dec_geometric_median:
@@ -182,8 +216,10 @@ def train_and_evaluate(
                 pending.clear()
                 bad = [step - len(host) + i for i, m in enumerate(host) if m["nonfinite_input"]]
                 if bad:
-                    raise ValueError(f"training batch at step {bad[0]} contains NaN or inf values (skipped); "
-                                     "clean the activation store")
+                    raise ValueError(
+                        f"the training batch of step {bad[0]} contains NaN or inf values (the step skipped it); "
+                        f"training stopped at step {step}, the last checkpoint is kept: remove the non-finite rows "
+                        "from the training data and rerun")
                 now = time.time()
                 tok_s = (step - step_last) * run_cfg.batch_size / max(now - t_last, 1e-9)
                 t_last, step_last = now, step
@@ -205,7 +241,8 @@ def train_and_evaluate(
             if jax.process_count() > 1:  # every host must stop (and save) at the same step
                 stop = at_log_step and _any_process(stop)
             if step % run_cfg.checkpoint_every == 0 or step == run_cfg.steps or stop:
-                ckpt.save(step, state, {"step": step, "cursor": train_source.state_dict()},
+                check_room_for_checkpoint(ckpt.directory, state, step)
+                ckpt.save(step, state, {"step": step, "cursor": train_source.state_dict(), "config": resolved},
                           force=True)
             if stop:
                 log.warning("SIGTERM: checkpoint saved at step %d; stopping", step)
@@ -216,6 +253,7 @@ def train_and_evaluate(
     buffers = state.buffers._replace(k=jnp.asarray(plan.k_target, jnp.int32))
     params = jax.device_get(state.params)
     trained = CrossCoder(model_cfg, params=params, buffers=jax.device_get(buffers))
+    trained.steps_done = step  # < run_cfg.steps after a preemption (SIGTERM)
     if run_cfg.export and is_writer and step >= run_cfg.steps:
         save_reference(trained, workdir / "export")
     return trained
