@@ -55,7 +55,8 @@ class CrossCoderConfig:
     """Static description of a crosscoder.
 
     Attributes:
-      num_models: M, number of models whose activations are concatenated (index 0 = base, 1 = chat).
+      num_models: M, number of models whose activations are concatenated (index 0 = base, 1 = chat);
+        M = 1 is a plain sparse autoencoder of one model (the separate-SAE baseline).
       activation_dim: D, d_model of each model.
       dict_size: F, number of latents.
       architecture: "l1" (ReLU + L1 penalty), "batchtopk", or "tied" (shared/base/chat latent
@@ -103,8 +104,6 @@ class CrossCoderConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.num_models < 2:
-            raise ValueError(f"a crosscoder needs num_models >= 2 (got {self.num_models})")
         if self.architecture == "batchtopk":
             if self.k is None:
                 object.__setattr__(self, "k", 100)

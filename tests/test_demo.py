@@ -6,9 +6,6 @@ crosscoder are trained with the store-backed trainer, analysed (Latent Scaling, 
 exported and reported, all offline (any hub access would fail: the endpoint is unreachable).
 """
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +15,7 @@ import jaxcoders
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(args, env_extra=None, timeout=900):
-    env = dict(os.environ, CI="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               HF_ENDPOINT="http://127.0.0.1:9", **(env_extra or {}))  # nothing may reach a hub
-    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "demo.py"), *args],
-                       capture_output=True, text=True, env=env, timeout=timeout)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
-    return r
+from conftest import run_demo_cli as _run
 
 
 def test_demo_synthetic_small(tmp_path):
@@ -38,15 +29,14 @@ def test_demo_synthetic_small(tmp_path):
         assert model.cfg.architecture == arch
 
 
-def test_demo_pipeline_small(tmp_path):
+def test_demo_pipeline_small(demo_small):
     from jaxcoders.demo import model_pair
     from jaxcoders.demo.pipeline import DemoConfig
 
-    out, models = tmp_path / "demo", tmp_path / "models"
-    r = _run(["--small", f"--out={out}", f"--models_dir={models}"])
+    out, models, r = demo_small
     cfg = DemoConfig.small()
-    for stage in range(1, 8):
-        assert f"[{stage}/7]" in r.stdout
+    for stage in range(1, 9):
+        assert f"[{stage}/8]" in r.stdout
 
     # the model pair: ordinary from_pretrained directories, cached under the recipe's key
     pair = model_pair.build_model_pair(cfg.recipe, models)  # second call: from the cache, nothing trained

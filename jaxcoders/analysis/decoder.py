@@ -93,6 +93,9 @@ def decoder_metrics(model, *, nearest: bool = True, chunk: int = 1024) -> dict:
     """Per-latent decoder columns: norms, delta_norm, dec_norm_diff (= 1 − Δ, reference), tag,
     decoder_cos, and (nearest=True) nearest_<a>_<b>_cos / _index for the pairs above."""
     cfg, params, _ = stream.resolve_model(model)
+    if cfg.num_models < 2:
+        raise ValueError(f"decoder metrics compare a base and a chat decoder (M >= 2); this dictionary has M = "
+                         f"{cfg.num_models} (a plain SAE: match two SAEs with jaxcoders.analysis.sae_match)")
     w = np.asarray(params.w_dec_MFD)
     names = stream.model_names(cfg.num_models)
     out = {}

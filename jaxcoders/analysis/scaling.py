@@ -169,6 +169,9 @@ def _weighted_sum(y_BMD, w_BS):
 def make_accumulator(cfg, latents: Optional[Sequence[int]] = None, mirror: bool = False,
                      probes: Optional[Sequence[int]] = None) -> LatentScalingAccumulator:
     """The Latent Scaling accumulator for a stream pass (see `latent_scaling` for the arguments)."""
+    if cfg.num_models < 2:
+        raise ValueError(f"Latent Scaling compares a base and a chat model (M >= 2); this dictionary has M = "
+                         f"{cfg.num_models}")
     if probes is None:
         probes = (CHAT, BASE) if mirror else (CHAT,)
     probes = tuple(int(p) for p in probes)

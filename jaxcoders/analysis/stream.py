@@ -70,7 +70,10 @@ def resolve_model(model) -> tuple[CrossCoderConfig, CrossCoderParams, CrossCoder
 
 
 def model_names(num_models: int) -> tuple[str, ...]:
-    """Column names of the models: index 0 = base, 1 = chat (docs/method.md notation), then m2, m3, ..."""
+    """Column names of the models: index 0 = base, 1 = chat (docs/method.md notation), then m2, m3, ...;
+    a single-model dictionary (M = 1, a plain SAE) has the one name "m0"."""
+    if num_models == 1:
+        return ("m0",)
     return ("base", "chat") + tuple(f"m{i}" for i in range(2, num_models))
 
 

@@ -10,8 +10,9 @@ after the assistant turn marker, a refusal after the trigger word "password"), e
 activations at a middle layer on text and chats into an ActivationStore, trains an L1 and a BatchTopK
 crosscoder, runs Latent Scaling and the analyses, exports both crosscoders in the reference layout
 (`<out>/l1`, `<out>/batchtopk`), evaluates them causally (interventions on fresh chats), collects
-max-activating examples, writes one HTML report per crosscoder (`<out>/report/<arch>/report.html`)
-and `<out>/report/summary.md` (read this first). See
+max-activating examples, writes one HTML report per crosscoder (`<out>/report/<arch>/report.html`),
+the paper's figures and tables (`<out>/paper/paper.md`, `jaxcoders.paper`) and
+`<out>/report/summary.md` (read this first). See
 `jaxcoders/demo/pipeline.py`. Nothing touches a model hub.
 
 `--synthetic`: the earlier demo on synthetic paired activations with planted shared / chat-only /
@@ -30,7 +31,7 @@ for _k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
 
 from absl import flags  # noqa: E402
 
-from jaxcoders.cli.common import run_app  # noqa: E402
+from jaxcoders.cli.common import run_app, user_errors  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "demo_out", "Output directory.")
@@ -48,7 +49,23 @@ flags.DEFINE_float("l1_coefficient", None, "L1 crosscoder sparsity coefficient m
 flags.DEFINE_float("lr", None, "Peak learning rate (default 1e-3; synthetic 2e-3).")
 flags.DEFINE_integer("eval_chats", None, "Fresh conversations of the causal evaluation (default 200; 0 skips it).")
 flags.DEFINE_integer("seed", 0, "Seed of the data order and initialisation (synthetic: also of the planted dictionary).")
+flags.DEFINE_bool("paper", True, "Stage 8: the paper's figures and tables on this output (<out>/paper/paper.md).")
 flags.DEFINE_bool("progress", None, "Progress bars (default: on unless $CI is set or stderr is not a terminal).")
+
+
+# what the demo writes into --out (both variants): a directory holding only these is a demo output
+DEMO_NAMES = frozenset({"store", "runs", "l1", "batchtopk", "report", "paper", "cache", "summary.json", "summary.md",
+                        "summary.png", "planted.png"})
+
+
+def claim_demo_out(out: str) -> None:
+    """--out must be new, empty, or a demo output (the demo replaces its store and trainer workdirs
+    there): anything else is refused before a model is built, so nothing of the user's is deleted."""
+    from jaxcoders.files import claim_output_dir
+
+    path = Path(out)
+    legacy = path.is_dir() and all(n in DEMO_NAMES or n.startswith(".") for n in os.listdir(path))
+    claim_output_dir(out, "demo", overwrite=legacy)
 
 
 def _opt(value, default):
@@ -163,14 +180,17 @@ def main_synthetic():
     print("\n".join(lines))
 
 
+@user_errors
 def main(argv):
     del argv
+    claim_demo_out(FLAGS.out)
     if FLAGS.synthetic:
         return main_synthetic()
     from jaxcoders.demo.pipeline import DemoConfig, run_demo
 
     progress = FLAGS.progress if FLAGS.progress is not None else (not os.environ.get("CI") and sys.stderr.isatty())
-    kw = dict(out=FLAGS.out, models_dir=FLAGS.models_dir, layer=FLAGS.layer, seed=FLAGS.seed, progress=progress)
+    kw = dict(out=FLAGS.out, models_dir=FLAGS.models_dir, layer=FLAGS.layer, seed=FLAGS.seed, progress=progress,
+              paper=FLAGS.paper)
     for name, flag in (("text_tokens", FLAGS.tokens), ("chat_tokens", FLAGS.tokens), ("steps", FLAGS.steps),
                        ("batch_size", FLAGS.batch_size), ("dict_size", FLAGS.dict_size), ("k", FLAGS.k),
                        ("l1_coefficient", FLAGS.l1_coefficient), ("lr", FLAGS.lr), ("eval_chats", FLAGS.eval_chats)):

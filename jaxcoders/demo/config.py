@@ -37,6 +37,7 @@ class DemoConfig:
     report_latents: int = 96  # latents with example cards in the HTML reports
     eval_chats: int = 200  # held-out conversations of the causal evaluation (0 = skip it)
     eval_max_len: int = 256  # their token budget each
+    paper: bool = True  # stage 8: the paper's figures (jaxcoders.paper) on this output
     progress: bool = True
 
     @classmethod

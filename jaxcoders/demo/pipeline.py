@@ -29,6 +29,9 @@ This module drives the stages; each stage's work lives in its own module of `jax
              `causal`); max-activating examples and the HTML report per crosscoder
              (`<out>/report/<arch>/report.html`, opens on the chat-only latents; `pages`);
              `<out>/report/summary.md` (read this first; `summary`, `verdict`) and `summary.json`.
+8. paper     the paper's figures and tables for the two crosscoders (`jaxcoders.paper.run_paper` on
+             this output, as `experiments/paper.py --demo_out=<out>` runs it): `<out>/paper/paper.md`,
+             linked from summary.md.
 
 The run's log ends with where to look: the output directory, summary.md and the HTML reports.
 """
@@ -37,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,6 +48,7 @@ from typing import Callable
 
 import numpy as np
 
+from jaxcoders.analysis import density, logit_lens
 from jaxcoders.analysis import stats as stats_lib
 from jaxcoders.analysis.tables import analyze, summary_line, write_outputs
 from jaxcoders.data.store import ActivationStore
@@ -108,15 +113,24 @@ def _train_stage(cfg: DemoConfig, store, stages: Stages, log: Callable) -> dict:
     return trained
 
 
-def _analyze_stage(out: Path, trained: dict, store, stages: Stages, log: Callable) -> dict:
-    """Latent Scaling and the analyses of each crosscoder; returns {arch: (table, summary)}."""
+def _analyze_stage(out: Path, pair, trained: dict, store, stages: Stages, log: Callable) -> dict:
+    """Latent Scaling and the analyses of each crosscoder, with the activation-density histograms
+    and the logit lens of both models; returns {arch: (table, summary)}."""
     stages.start("analyze", "Latent Scaling and the latent analyses")
+    from jaxcoders.extract.models import load_tokenizer
+
     labels = {"token_class": store.token_classes, "dataset": store.dataset_ids}
     label_classes = {"token_class": stats_lib.token_class_names(), "dataset": ("text", "chat")}
+    unemb = {"base": logit_lens.load_unembedding(pair.base_dir, "--base_model"),
+             "chat": logit_lens.load_unembedding(pair.chat_dir, "--chat_model")}
+    tok = load_tokenizer(pair.chat_dir, None, "--chat_model")
     tables = {}
     for arch in ARCHS:
         model, _ = trained[arch]
         table, summary = analyze(model, store, batch_size=4096, labels=labels, label_classes=label_classes)
+        density.add_activation_density(table, model, store, batch_size=4096)
+        for key, col in logit_lens.logit_lens_columns(model, unemb, tok).items():
+            table[key] = col
         write_outputs(table, summary, out / "report" / arch)
         tables[arch] = (table, summary)
         log(f"      {summary_line(summary, arch)}")
@@ -201,6 +215,20 @@ def _report_stage(cfg: DemoConfig, pair, layer: int, result: dict, trained: dict
     stages.done()
 
 
+def _paper_stage(cfg: DemoConfig, out: Path, stages: Stages, log: Callable) -> dict:
+    """Stage 8: `jaxcoders.paper.run_paper` on this demo output (`<out>/paper/`); its headline numbers."""
+    from jaxcoders.paper import PaperConfig, run_paper
+
+    stages.start("paper", "the paper's figures and tables (jaxcoders.paper) → paper/paper.md")
+    shutil.rmtree(out / "paper", ignore_errors=True)  # like the crosscoders: always afresh
+    pcfg = PaperConfig.from_demo_out(out, out / "paper", progress=cfg.progress)
+    r = run_paper(pcfg, log=lambda m: log("  " + m), command=f"python experiments/paper.py --demo_out={out}")
+    stages.done()
+    return {"paper_md": r["paper_md"], "figures": len(list((out / "paper" / "figures").glob("*.png"))),
+            "selection": r["selection"], "sae": (r.get("sae") or {}).get("match"),
+            "seconds": r["seconds"]["total"]}
+
+
 def _jsonable(o):
     if isinstance(o, dict):
         return {str(k): _jsonable(v) for k, v in o.items()}
@@ -216,7 +244,8 @@ def _jsonable(o):
 
 
 def _where_to_look(out: Path, result: dict) -> list:
-    """The log's closing lines: the output directory, summary.md and the HTML reports."""
+    """The log's closing lines: the output directory, summary.md, the HTML reports, paper.md and the
+    command that opens the dashboard on this output."""
     report = out / "report"
     lines = ["", f"Done in {result['seconds']['total']:.0f} s. Everything is under {out}/",
              f"  read first:   {report / 'summary.md'}   (as data: {report / 'summary.json'})"]
@@ -226,6 +255,10 @@ def _where_to_look(out: Path, result: dict) -> list:
             lines.append(f"  HTML report:  {html[arch]}   ({result['crosscoders'][arch]['label']}; open it from disk)")
     if not html:
         lines.append("  (no HTML report was written: see the log above)")
+    if result.get("paper"):
+        lines.append(f"  the paper:    {result['paper']['paper_md']}   (figures and tables of arXiv 2504.02922)")
+    lines.append(f"  dashboard:    python experiments/dashboard.py --demo_out={out}   (latents, prompts, steering; "
+                 "http://127.0.0.1:8501)")
     return lines
 
 
@@ -236,19 +269,22 @@ def run_demo(cfg: DemoConfig = DemoConfig(), log: Callable = print) -> dict:
     if "datasets" not in sys.modules:  # keep the datasets library's cache of the local jsonl files here
         os.environ.setdefault("HF_DATASETS_CACHE", str((out / "cache" / "hf_datasets").resolve()))
     quiet_libraries()
-    stages = Stages(7, log)
+    stages = Stages(8 if cfg.paper else 7, log)
 
     pair = _models_stage(cfg, stages, log)
     layer = cfg.layer if cfg.layer is not None else cfg.recipe.num_layers // 2
     store = _data_and_extract_stages(cfg, pair, layer, stages, log)
     trained = _train_stage(cfg, store, stages, log)
-    tables = _analyze_stage(out, trained, store, stages, log)
+    tables = _analyze_stage(out, pair, trained, store, stages, log)
     result, tok, cards = _tokens_stage(cfg, pair, layer, store, trained, tables, stages)
     _report_stage(cfg, pair, layer, result, trained, store, tables, cards, tok, stages, log)
 
-    result["seconds"] = dict(stages.seconds, total=round(time.time() - stages.t0, 1))
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
+    if cfg.paper:  # the paper step reads this run's summary.json, as `experiments/paper.py --demo_out` does
+        (report / "summary.json").write_text(json.dumps(_jsonable(result), indent=2, ensure_ascii=False) + "\n")
+        result["paper"] = _paper_stage(cfg, out, stages, log)
+    result["seconds"] = dict(stages.seconds, total=round(time.time() - stages.t0, 1))
     (report / "summary.json").write_text(json.dumps(_jsonable(result), indent=2, ensure_ascii=False) + "\n")
     result["summary_md"] = write_summary(cfg, result, report / "summary.md")
     for line in _where_to_look(out, result):

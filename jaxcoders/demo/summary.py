@@ -181,6 +181,26 @@ def causal_lines(cfg: DemoConfig, result: dict) -> list:
     return L
 
 
+def paper_lines(result: dict) -> list:
+    """The paper step's section: a link to paper.md and its headline numbers."""
+    p = result.get("paper")
+    if not p:
+        return []
+    L = ["## The paper's figures", "",
+         f"[`paper/paper.md`](../paper/paper.md): every figure and table of the paper (arXiv 2504.02922) for these "
+         f"two crosscoders ({p['figures']} figures: Δnorm and decoder cosines of L1 vs BatchTopK, ν distributions "
+         "against the shared-latent baseline, KL by token position, logit lens, twins, the separate-SAE baseline), "
+         "with the numbers behind each as CSV (`python experiments/paper.py --demo_out=<out>` reruns it).", ""]
+    for s in p.get("selection") or []:
+        L.append(f"* {s['crosscoder']}: {s['chat_only']} chat-only latents, {s['genuine_chat_specific']} genuinely "
+                 "chat-specific by Latent Scaling.")
+    sae = p.get("sae")
+    if sae:
+        L.append(f"* separate SAEs: {sae['chat']['low']} of {sae['chat']['alive']} alive chat-SAE latents have no "
+                 f"base-SAE latent with decoder cosine ≥ {sae['thresholds']['low']}.")
+    return L + [""]
+
+
 def _file_lines(cfg: DemoConfig, result: dict) -> list:
     """The files the demo wrote, and how long it took."""
     return ["## Files", "",
@@ -192,6 +212,8 @@ def _file_lines(cfg: DemoConfig, result: dict) -> list:
               if result.get("report_html") else []),
             f"* `{cfg.out}/report/summary.json`: everything on this page as data; `{cfg.out}/store`: the "
             f"ActivationStore; `{cfg.out}/runs/<crosscoder>`: trainer workdirs (`metrics.jsonl`, checkpoints).",
+            *([f"* `{cfg.out}/paper/paper.md`: the paper's figures and tables (`figures/`, CSVs, SAE baseline)."]
+              if result.get("paper") else []),
             "", f"Took {result['seconds']['total']:.0f} s "
             f"({', '.join(f'{k} {v:.0f} s' for k, v in result['seconds'].items() if k != 'total')})."]
 
@@ -201,6 +223,7 @@ def write_summary(cfg: DemoConfig, result: dict, path: Path) -> str:
     L = _intro_lines(cfg, result) + _behaviour_lines(result) + _activation_lines(cfg, result)
     L += _crosscoder_lines(cfg, result) + _planted_lines(result) + _latent_sections(result)
     L += causal_lines(cfg, result)
+    L += paper_lines(result)
     L += _file_lines(cfg, result)
     text = "\n".join(L) + "\n"
     path.write_text(text, encoding="utf-8")

@@ -46,6 +46,7 @@ class InterventionConfig:
     steer_source: str = "base"
     steer_continue: str = "chat"
     first_k: int = 5
+    positions: int = 32  # per-position means for the first `positions` tokens of each turn (0 = off)
     skip_first: int = 0
     batch_size: int = 1
     device: str = "auto"
@@ -62,8 +63,8 @@ class InterventionConfig:
                 raise InterventionError(f"--{name} must be ≥ 1, got {getattr(self, name)}.")
         if self.max_len < 2:
             raise InterventionError("--max_len must be ≥ 2 (a position and the token it predicts).")
-        if self.first_k < 0 or self.skip_first < 0:
-            raise InterventionError("--first_k and --skip_first must be ≥ 0.")
+        if self.first_k < 0 or self.skip_first < 0 or self.positions < 0:
+            raise InterventionError("--first_k, --positions and --skip_first must be ≥ 0.")
 
 
 @dataclasses.dataclass
@@ -73,6 +74,7 @@ class Conversation:
     classes: np.ndarray  # (T,) uint8 TokenClass
     scored: np.ndarray  # (T,) bool: predicts an assistant token
     first: np.ndarray  # (T,) bool: predicts one of the first k tokens of an assistant turn
+    turn_pos: np.ndarray  # (T,) int: index in its assistant turn of the predicted token (-1: not scored)
 
 
 def load_conversations(cfg: InterventionConfig, chat_tok, base_tok, vocab_limits: dict):
@@ -96,7 +98,7 @@ def load_conversations(cfg: InterventionConfig, chat_tok, base_tok, vocab_limits
         if not scored.any():
             skipped += 1
             continue
-        convs.append(Conversation(i, ids, cls, scored, first))
+        convs.append(Conversation(i, ids, cls, scored, first, M.turn_positions(cls)))
     if not convs:
         raise InterventionError(f"no conversation of --dataset={cfg.dataset} has an assistant token within --max_len="
                          f"{cfg.max_len} tokens; check --chat_column and the roles of the messages.")
@@ -199,7 +201,7 @@ def run_interventions(cfg: InterventionConfig) -> dict:
     pad_id = chat_tok.pad_token_id if chat_tok.pad_token_id is not None else 0
 
     # 3. The loop.
-    acc = M.Accumulator()
+    acc = M.Accumulator(positions=cfg.positions)
     bar = progress_bar(len(convs), "interventions", "conv", enabled=cfg.progress)
     for _, batch in _batches(convs, cfg.batch_size):
         ids, valid_t, cls, valid = _pad_batch(batch, pad_id, device)
@@ -213,7 +215,8 @@ def run_interventions(cfg: InterventionConfig) -> dict:
         targets = torch.as_tensor(np.concatenate([c.ids[p + 1] for c, p in zip(batch, positions)]).astype(np.int64),
                                   device=device)
         sizes = [len(p) for p in positions]
-        conv_ids = [acc.add_conversation(int(c.scored.sum()), int(c.first.sum())) for c in batch]
+        turn_pos = [c.turn_pos[p] for c, p in zip(batch, positions)]
+        conv_ids = [acc.add_conversation(int(c.scored.sum()), int(c.first.sum()), q) for c, q in zip(batch, turn_pos)]
         firsts = [c.first[p] for c, p in zip(batch, positions)]
         pos = np.arange(valid.shape[1])[None]
         edit_mask = torch.as_tensor(valid & (pos >= cfg.skip_first), device=device)
@@ -229,8 +232,8 @@ def run_interventions(cfg: InterventionConfig) -> dict:
                 del logits_e
             vals = M.token_metrics(lp_edit, lp["chat"], lp["base"], targets)
             start = 0
-            for cid, n, first in zip(conv_ids, sizes, firsts):
-                acc.add(e.name, cid, {m: v[start:start + n] for m, v in vals.items()}, first)
+            for cid, n, first, q in zip(conv_ids, sizes, firsts, turn_pos):
+                acc.add(e.name, cid, {m: v[start:start + n] for m, v in vals.items()}, first, q)
                 start += n
         bar.update(len(batch))
     bar.close()
@@ -249,6 +252,7 @@ def run_interventions(cfg: InterventionConfig) -> dict:
         "latent_sets": {k: [int(i) for i in v] for k, v in latent_sets.items()},
         "edits": {e.name: {"formula": e.formula, "continue_with": e.continue_with, **summary[e.name]}
                   for e in edits},
+        "by_position": M.summarize_positions(acc, n_boot=cfg.n_boot, seed=cfg.seed) if cfg.positions else {},
         "seconds": round(time.time() - t0, 3),
     }
     out = Path(cfg.out)
@@ -261,6 +265,10 @@ def run_interventions(cfg: InterventionConfig) -> dict:
         for s in M.SUBSETS:
             for m in M.METRICS:
                 per_conv[f"{e.name}/{s}/{m}_sum"] = acc.arrays(e.name, s, m)[0]
+        for m in (M.METRICS if cfg.positions else ()):
+            per_conv[f"{e.name}/position/{m}_sum"] = acc.position_arrays(e.name, m)[0]
+    if cfg.positions:
+        per_conv["count_position"] = np.asarray(acc.pos_counts, np.int64).reshape(len(convs), cfg.positions)
     np.savez(out / "interventions_per_conversation.npz", **per_conv)
     if cfg.plot:
         from jaxcoders.interventions.plot import plot_results

@@ -27,6 +27,11 @@ def make_eval_step(cfg: CrossCoderConfig):
     """Jitted accumulation of pooled validation statistics for one batch."""
 
     def eval_step(params, buffers, x_BMD):
+        out = _eval_sums(params, buffers, x_BMD)
+        out["nonfinite"] = jnp.sum(~jnp.isfinite(x_BMD.astype(jnp.float32))).astype(jnp.float32)
+        return out
+
+    def _eval_sums(params, buffers, x_BMD):
         x = normalize_input(cfg, buffers, x_BMD.astype(jnp.float32))
         if cfg.is_tied:
             f = tied_code(cfg, params, x)  # (B, 3, F)
@@ -81,6 +86,10 @@ def evaluate(cfg, state: TrainState, batches: Iterable, mesh, eval_step) -> dict
     if acc is None:
         return {}
     acc = jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float64), acc)
+    if acc["nonfinite"] > 0:
+        raise ValueError(f"the validation data contains {int(acc['nonfinite'])} NaN or inf values; remove those rows "
+                         "from the validation split (or train without validation: --config.data.val_split='' / "
+                         "--config.run.eval_every=0)")
     n = acc["n"]
     var_x = acc["sum_x2_MD"] / n - (acc["sum_x_MD"] / n) ** 2
     var_e = acc["sum_e2_MD"] / n - (acc["sum_e_MD"] / n) ** 2

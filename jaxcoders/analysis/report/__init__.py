@@ -19,7 +19,9 @@ frequency histogram; a sortable, filterable latent table (`#latent-table`: click
 sort; `#filter` takes words matched against tag and latent id and conditions such as
 `delta_norm>0.9 frequency<0.01 tag=chat-only`; `#tag-filter`; `#only-examples`); clicking a row
 opens the latent's card (`#card-panel .latent-card`, also via the URL hash `#latent-<j>`): its
-numbers and its examples per bucket (top, then the quantile buckets), each example shown twice
+numbers, its logit lens (`.lens`: the tokens its decoder rows promote / suppress in each model, from
+the table's `logit_lens_<model>_<kind>` columns) and activation-density histogram (`.density`, from
+`activation_hist`) when the table has them, and its examples per bucket (top, then the quantile buckets), each example shown twice
 side by side, tokens highlighted by the base model's and the chat model's contribution
 ‖f_m d_j^m‖ on one shared colour scale per latent (a chat-only latent lights up on the right only).
 

@@ -1,7 +1,9 @@
 """The data the report page's script reads (`report_data`): the table's columns (`COLUMNS`, shown
-when present) and rows, the latent cards with their extra numbers (`EXTRA_CARD`), the token texts."""
+when present) and rows, the latent cards with their extra numbers (`EXTRA_CARD`), their logit lens and
+activation density (`interpretation`), the token texts."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -46,6 +48,45 @@ def _columns(t) -> list[dict]:
     return cols
 
 
+LENS_COLUMNS = tuple(f"logit_lens_{m}_{k}" for m in ("base", "chat") for k in ("promoted", "suppressed"))
+
+
+def _json_list(v) -> list:
+    """A JSON-encoded list cell (logit lens, activation histogram) as a list ([] when missing)."""
+    if isinstance(v, str) and v.startswith("["):
+        try:
+            out = json.loads(v)
+        except ValueError:
+            return []
+        return out if isinstance(out, list) else []
+    return []
+
+
+def interpretation(t, latents) -> dict:
+    """Per card latent its logit lens ({"base_promoted": [tokens], ...}, from the
+    `logit_lens_<model>_<kind>` columns) and activation density ({"counts": [...], "max": m}, from
+    `activation_hist` / `max_activation`): {str(latent): {"lens": ..., "density": ...}}; latents
+    whose table has neither are left out."""
+    lens_cols = [c for c in LENS_COLUMNS if c in t]
+    if not lens_cols and "activation_hist" not in t:
+        return {}
+    sub = t.set_index("latent")
+    out = {}
+    for j in latents:
+        row = sub.loc[j]
+        entry = {}
+        lens = {c[len("logit_lens_"):]: _json_list(row[c]) for c in lens_cols}
+        if any(lens.values()):
+            entry["lens"] = lens
+        counts = _json_list(row["activation_hist"]) if "activation_hist" in sub.columns else []
+        if counts and sum(counts) > 0:
+            entry["density"] = {"counts": [int(c) for c in counts],
+                                "max": json_number(row["max_activation"]) if "max_activation" in sub.columns else None}
+        if entry:
+            out[str(j)] = entry
+    return out
+
+
 def report_data(t, summary: dict, ex, *, tokenizer=None, max_cards: int = 500, top_examples: int = 10,
                 bucket_examples: int = 5) -> dict:
     cols = _columns(t)
@@ -58,7 +99,7 @@ def report_data(t, summary: dict, ex, *, tokenizer=None, max_cards: int = 500, t
              else ("" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
              for c, v in zip(cols, vals)] for vals in t[[c["key"] for c in cols]].itertuples(index=False, name=None)]
     details = {}
-    card_map, used = {}, set()
+    card_map, used, latents = {}, set(), []
     if ex is not None:
         latents = card_order(t, ex, max_cards)
         card_map, used = cards(t, ex, latents, top_examples, bucket_examples)
@@ -67,6 +108,7 @@ def report_data(t, summary: dict, ex, *, tokenizer=None, max_cards: int = 500, t
             details[str(j)] = {k: json_number(v) for k, v in zip(extra, vals)}
     meta = ex["meta"] if ex is not None else {}
     return {"columns": cols, "rows": rows, "cards": card_map, "details": details,
+            "interpret": interpretation(t, latents),
             "vocab": {str(k): v for k, v in token_strings(tokenizer, used).items()},
             "channels": meta.get("channels", []),
             "architecture": meta.get("architecture") or summary.get("architecture"),

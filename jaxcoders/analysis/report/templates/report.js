@@ -121,6 +121,41 @@
     return div;
   }
 
+  // the logit lens: per model, the tokens the latent's decoder row promotes / suppresses
+  function lensEl(lens) {
+    const sec = el('div', 'lens'); sec.dataset.what = 'logit-lens';
+    sec.appendChild(el('h4', null, 'logit lens (decoder row through the model\'s final norm and unembedding)'));
+    const tbl = el('table', 'lens-table');
+    ['base', 'chat'].forEach((m) => ['promoted', 'suppressed'].forEach((k) => {
+      const toks = lens[m + '_' + k];
+      if (!toks) return;
+      const tr = el('tr'); tr.appendChild(el('th', null, m + ' ' + (k === 'promoted' ? '\u2191' : '\u2193')));
+      const td = el('td');
+      toks.forEach((t) => td.appendChild(el('span', 'tok lens-' + k, t.replace(/\n/g, '\u21b5'))));
+      tr.appendChild(td); tbl.appendChild(tr);
+    }));
+    sec.appendChild(tbl);
+    return sec;
+  }
+
+  // the activation-density histogram: firing tokens per bin of (0, max activation]
+  function densityEl(d) {
+    const sec = el('div', 'density'); sec.dataset.what = 'activation-density';
+    const n = d.counts.reduce((a, b) => a + b, 0);
+    sec.appendChild(el('h4', null, 'activation density (' + n + ' firing tokens, ' + d.counts.length +
+                                   ' bins up to ' + fmt(d.max, 'g3') + '; bar height: log count)'));
+    const bars = el('div', 'hist');
+    const top = Math.log1p(Math.max(...d.counts));
+    d.counts.forEach((c, i) => {
+      const b = el('span', 'bar'); b.style.height = (top > 0 ? 100 * Math.log1p(c) / top : 0).toFixed(1) + '%';
+      const w = d.max ? d.max / d.counts.length : null;
+      b.title = (w ? '(' + fmt(i * w, 'g3') + ', ' + fmt((i + 1) * w, 'g3') + ']: ' : 'bin ' + i + ': ') + c + ' tokens';
+      bars.appendChild(b);
+    });
+    sec.appendChild(bars);
+    return sec;
+  }
+
   function openCard(lat, scroll = true) {
     selected = lat;
     document.querySelectorAll('#latent-table tbody tr').forEach((tr) =>
@@ -140,6 +175,9 @@
     const det = DATA.details[String(lat)] || {};
     Object.keys(det).forEach((k) => addStat(k, det[k], 'g3'));
     card.appendChild(stats);
+    const interp = (DATA.interpret || {})[String(lat)];
+    if (interp && interp.lens) card.appendChild(lensEl(interp.lens));
+    if (interp && interp.density) card.appendChild(densityEl(interp.density));
     const cd = DATA.cards[String(lat)];
     if (!cd) {
       card.appendChild(el('p', 'empty', 'No examples for this latent (not collected, or it never fired).'));
