@@ -19,6 +19,9 @@ COMMANDS = {
     "plot-benchmark": ("plot_benchmark", "chart and table of benchmark JSON lines"),
     "demo": ("demo", "the whole method on a built-in tiny model pair, offline"),
     "accelerator-check": ("accelerator_check", "correctness and throughput on one GPU/TPU, in one run"),
+    "paper": ("paper", "every figure and table of the paper for an L1 and a BatchTopK crosscoder"),
+    "build-evalset": ("build_evalset", "the causal evaluation set: the chat model's own responses to prompts"),
+    "dashboard": ("dashboard", "local interactive dashboard: browse latents, type prompts, steer"),
 }
 
 
@@ -64,6 +67,9 @@ benchmark = _entry("benchmark")
 plot_benchmark = _entry("plot-benchmark")
 demo = _entry("demo")
 accelerator_check = _entry("accelerator-check")
+paper = _entry("paper")
+build_evalset = _entry("build-evalset")
+dashboard = _entry("dashboard")
 
 if __name__ == "__main__":
     main()
