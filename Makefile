@@ -15,12 +15,16 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[torch,analysis,dev]'
+	$(PY) -m pip install -q -e '.[torch,analysis,dashboard,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+# two pytest workers (pytest-xdist): a module's tests stay on one worker, and every test reading
+# the shared `demo --small` output on the same one (tests/conftest.py); TEST_WORKERS=0 runs serially
+TEST_WORKERS ?= 2
+
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 demo: install
 	$(PY) experiments/demo.py --out demo_out

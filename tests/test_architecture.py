@@ -4,14 +4,15 @@ modules, no module over 500 lines, no sys.path edits. Parsed from the source (no
 Layers, bottom up (a module may import its own package and any lower layer, never a higher one or
 another package of its own layer):
 
-    0  config, progress
+    0  config, progress, files, locks
     1  core, data, configs
     2  io, extract
     3  training
     4  analysis
     5  interventions
-    6  toy, demo, perf
-    7  cli
+    6  toy, perf, paper
+    7  demo, dashboard
+    8  cli
 
 Function-local imports count like module-level ones: a lazy import that dodges a circle or runs
 back up the layers is caught the same way. A control builds a circle and an upward import into a
@@ -28,14 +29,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "jaxcoders"
 
 LAYERS = {
-    "config": 0, "progress": 0,
+    "config": 0, "progress": 0, "files": 0, "locks": 0,
     "core": 1, "data": 1, "configs": 1,
     "io": 2, "extract": 2,
     "training": 3,
     "analysis": 4,
     "interventions": 5,
-    "toy": 6, "demo": 6, "perf": 6,
-    "cli": 7,
+    "toy": 6, "perf": 6, "paper": 6,
+    "demo": 7, "dashboard": 7,
+    "cli": 8,
 }
 MAX_LINES = 500
 

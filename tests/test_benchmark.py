@@ -47,6 +47,31 @@ def test_benchmark_smoke_and_plot(tmp_path):
     assert png.stat().st_size > 10_000
     assert md.read_text().count("\n") == 4 and "S batchtopk k=32 sparse topk" in md.read_text()
 
+    # --reference: reference_bench lines (same size, arch, k) give each row its ratio; other sizes, k
+    # and error lines are not matched
+    ref = tmp_path / "ref.jsonl"
+    ref.write_text("\n".join(json.dumps(r) for r in [
+        {"kind": "l1", "size": "S", "k": None, "tokens_per_s": 1000.0},
+        {"kind": "btk", "size": "S", "k": 32, "tokens_per_s": 500.0},
+        {"kind": "btk", "size": "S", "k": 32, "tokens_per_s": 700.0},
+        {"kind": "btk", "size": "S", "k": 32, "tokens_per_s": 600.0},
+        {"kind": "btk", "size": "M", "k": 32, "tokens_per_s": 1.0},
+        {"kind": "btk", "size": "S", "k": 100, "error": "killed"}]) + "\nnot json\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "plot_benchmark.py"), f"--input={out}",
+                           f"--output={png}", f"--markdown={md}", f"--reference={ref}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = md.read_text().splitlines()
+    assert table[0].endswith("| reference tokens/s | × reference |")
+    for line, rec, ref_tps in zip(table[2:], recs, [1000.0, 600.0]):  # median of the three S k=32 lines
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[-2] == f"{ref_tps:,.0f}" and cells[-1] == f"{rec['tokens_per_s'] / ref_tps:.2f}×"
+    ref.write_text(json.dumps({"kind": "btk", "size": "S", "k": 32, "error": "x"}) + "\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "plot_benchmark.py"), f"--input={out}",
+                           f"--output={png}", f"--reference={ref}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
+
 
 def test_flop_accounting():
     from jaxcoders.perf import flops as benchmark
@@ -59,3 +84,20 @@ def test_flop_accounting():
     assert sparse == G + 8 * 32 * 2048 * 1024
     with_aux = benchmark.executed_flops("batchtopk", "sparse", 2, 512, 8192, 2048, 32, 400, 256)
     assert with_aux == sparse + 4 * 2 * 2048 * 1024 * 512  # the F/16 bucket holds 400 dead latents
+
+
+def test_performance_doc_tables_are_generated():
+    """Every benchmark table in docs/performance.md is the output of plot_benchmark's `markdown` for
+    the JSON lines it names (committed under docs/results/), never edited by hand:
+    `<!-- benchmark-table: <jsonl> [reference=<jsonl>] -->` ... `<!-- /benchmark-table -->`."""
+    import re
+
+    from jaxcoders.cli.plot_benchmark import load_records, load_reference, markdown
+
+    doc = (ROOT / "docs" / "performance.md").read_text()
+    blocks = re.findall(r"<!-- benchmark-table: (\S+)(?: reference=(\S+))? -->\n(.*?)<!-- /benchmark-table -->",
+                        doc, re.S)
+    assert blocks, "docs/performance.md has no generated benchmark table"
+    for data, ref, table in blocks:
+        want = markdown(load_records(ROOT / data), load_reference(ROOT / ref) if ref else None)
+        assert table == want, f"the table of {data} is stale: regenerate it with experiments/plot_benchmark.py"

@@ -483,3 +483,24 @@ def test_weak_scaling_script_runs_real_multi_process_training(tmp_path):
     bad = subprocess.run([sys.executable, str(TPU / "weak_scaling.py"), "--processes=0"], capture_output=True,
                          text=True, timeout=60, cwd=ROOT)
     assert bad.returncode == 2 and "positive" in bad.stderr
+
+
+def test_capacity_check_benchmark(tmp_path):
+    """--check_benchmark: the planner's memory model and FLOP time against benchmark records."""
+    capacity = _capacity()
+    G = 2 * 2048 * 2 * 512 * 8192
+    rec = dict(kind="step", preset="M", arch="l1", k=None, M=2, D=512, F=8192, B=2048, mesh="1x1",
+               flops_executed=5 * G, peak_tflops=0.15, ms_per_step=1400.0, peak_memory_bytes=600 * 2**20)
+    path = tmp_path / "bench.jsonl"
+    path.write_text(json.dumps(rec) + "\n" + json.dumps(dict(rec, mesh="2x1")) + "\n")
+    text, rows = capacity.benchmark_check(path)
+    assert len(rows) == 1  # the 2x1 record is not a single-device one
+    (row,) = rows
+    m = capacity.Model("M", 2, 512, 8192)
+    assert row["planner"] == capacity.memory_estimate(m, 1, 1, 2048, "l1")["total"]
+    assert abs(row["model_ms"] - 1e3 * 5 * G / 0.15e12) < 1e-6
+    assert abs(row["time_ratio"] - 1400.0 / row["model_ms"]) < 1e-9
+    assert text.count("\n") == 3 and "| M l1 |" in text
+    r = subprocess.run([sys.executable, str(TPU / "capacity.py"), f"--check_benchmark={tmp_path / 'none.jsonl'}"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: --check_benchmark=")

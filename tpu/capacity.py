@@ -4,6 +4,7 @@ TPU slices. Prints the tables of tpu/README.md ("Capacity planning").
     python tpu/capacity.py                 # the markdown block the README embeds
     python tpu/capacity.py --batch_size=8192
     python tpu/capacity.py --compiled      # the memory model against XLA's compiled step (below)
+    python tpu/capacity.py --check_benchmark=bench.jsonl   # the model against measured steps
 
 Timings here are ESTIMATES from shapes, published chip specifications and stated assumptions (the
 ASSUMPTIONS dict below); no TPU step was timed. The memory model is calibrated against XLA:
@@ -271,6 +272,40 @@ def compiled_comparison(B: int, models=MODELS, archs=ARCHS, dtype: str = "bfloat
     return "\n".join(out) + "\n", rows
 
 
+def benchmark_check(path) -> tuple[str, list[dict]]:
+    """The planner's model against experiments/benchmark.py records (one device, mesh 1x1):
+    memory_estimate vs the measured peak memory, and the measured step time vs the time of the
+    step's matmul FLOPs at the matmul peak measured in the same run (the planner's compute term
+    with efficiency 1; its HBM and communication terms are what the ratio's excess holds)."""
+    import json
+    from pathlib import Path
+
+    recs = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip().startswith("{")]
+    recs = [r for r in recs if r.get("kind", "step") == "step" and r.get("mesh", "1x1") == "1x1"]
+    if not recs:
+        raise ValueError(f"{path} holds no single-device benchmark records of kind 'step'")
+    out = ["| config | measured MiB | planner MiB | ratio | measured ms | FLOP model ms (at the run's peak) "
+           "| measured / model |", "|---|---|---|---|---|---|---|"]
+    rows = []
+    for r in recs:
+        m = Model(r["preset"], r["M"], r["D"], r["F"])
+        mem = memory_estimate(m, 1, 1, r["B"], r["arch"])["total"]
+        # what the step executes: benchmark.py's count (L1 5G; BatchTopK dense 8G, sparse G + the
+        # entries' work); the planner's own step_flops plans the dense path
+        flops = r.get("flops_executed") or step_flops(m, r["B"], r["arch"])
+        model_ms = 1e3 * flops / (r["peak_tflops"] * 1e12)
+        meas = r.get("peak_memory_bytes")
+        row = dict(config=f"{r['preset']} {r['arch']}" + (f" k={r['k']} {r.get('decoder_path', '')}" if r.get("k") else ""),
+                   measured=meas, planner=mem, ratio=(meas / mem if meas else None),
+                   ms=r["ms_per_step"], model_ms=model_ms, time_ratio=r["ms_per_step"] / model_ms)
+        rows.append(row)
+        meas_mib = "" if meas is None else f"{meas / 2**20:,.0f}"
+        ratio = "" if meas is None else f"{meas / mem:.2f}"
+        out.append(f"| {row['config']} | {meas_mib} | {mem / 2**20:,.0f} | {ratio} | {row['ms']:.0f} | "
+                   f"{model_ms:.0f} | {row['time_ratio']:.2f} |")
+    return "\n".join(out) + "\n", rows
+
+
 def main() -> None:
     import sys
 
@@ -280,7 +315,17 @@ def main() -> None:
                    help="compare the memory model with XLA's compiled step for every tabulated mesh "
                         "(exit 1 if any differs by more than 20 %%)")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="with --compiled")
+    p.add_argument("--check_benchmark", default="",
+                   help="JSON lines of experiments/benchmark.py: the model against the measured steps")
     args = p.parse_args()
+    if args.check_benchmark:
+        try:
+            text, _ = benchmark_check(args.check_benchmark)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"error: --check_benchmark={args.check_benchmark}: {e}", file=sys.stderr)
+            sys.exit(2)
+        print(text, end="")
+        return
     if args.batch_size < 1:
         print(f"error: --batch_size must be positive, got {args.batch_size}", file=sys.stderr)
         sys.exit(2)

@@ -2,6 +2,11 @@
 
     python experiments/plot_benchmark.py --input=bench.jsonl --output=bench.png
     python experiments/plot_benchmark.py --input=bench.jsonl --output=bench.png --markdown=bench.md
+    python experiments/plot_benchmark.py --input=bench.jsonl --reference=ref.jsonl --markdown=bench.md
+
+`--reference` takes the JSON lines of the reference benchmark (`reference_bench.py train`: the paper's PyTorch
+trainers timed on the same machine, in the same sitting): each configuration gets the reference's
+tokens/s at the same size (S/M/L), architecture and k, and the ratio.
 
 Bars: tokens/s per configuration, with each configuration's dense roofline (peak matmul FLOP/s of
 the same run / dense FLOPs per token) as a tick; the table under it lists ms/step, fraction of the
@@ -15,16 +20,43 @@ from pathlib import Path
 
 from absl import flags
 
-from jaxcoders.cli.common import run_app
+from jaxcoders.cli.common import run_app, user_errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", "bench.jsonl", "JSON lines written by experiments/benchmark.py --output.")
 flags.DEFINE_string("output", "bench.png", "PNG to write.")
 flags.DEFINE_string("markdown", "", "Also write the table as Markdown here.")
 flags.DEFINE_string("title", "", "Figure title (default: device and date of the first record).")
+flags.DEFINE_string("reference", "", "JSON lines of the reference trainers (reference_bench run.sh) timed in the "
+                    "same sitting: adds their tokens/s and the ratio to each configuration.")
 
 COLUMNS = ["config", "ms/step", "tokens/s", "roofline tokens/s", "× roofline", "peak GFLOP/s", "selection %",
-           "load"]
+           "memory MiB", "load"]
+REFERENCE_COLUMNS = ["reference tokens/s", "× reference"]
+_ARCH_OF_REFERENCE = {"l1": "l1", "btk": "batchtopk"}
+
+
+def load_reference(path) -> dict:
+    """{(size, arch, k): [tokens/s, ...]} from reference_bench JSON lines (errors and other modes skipped)."""
+    out: dict = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        rec = json.loads(line)
+        if "error" in rec or rec.get("kind") not in _ARCH_OF_REFERENCE or not rec.get("tokens_per_s"):
+            continue
+        key = (rec.get("size"), _ARCH_OF_REFERENCE[rec["kind"]], rec.get("k"))
+        out.setdefault(key, []).append(float(rec["tokens_per_s"]))
+    if not out:
+        raise ValueError(f"{path} holds no reference_bench training records (lines with kind l1/btk and tokens_per_s)")
+    return out
+
+
+def reference_for(r: dict, ref: dict):
+    """The median reference tokens/s for a record's (preset, arch, k), or None."""
+    vals = ref.get((r["preset"], r["arch"], r["k"] if r["arch"] == "batchtopk" else None))
+    return sorted(vals)[len(vals) // 2] if vals else None
 
 
 def load_records(path) -> list[dict]:
@@ -51,23 +83,30 @@ def label(r: dict) -> str:
     return " ".join(str(p) for p in parts)
 
 
-def rows(recs: list[dict]) -> list[list[str]]:
+def rows(recs: list[dict], ref: dict | None = None) -> list[list[str]]:
     out = []
     for r in recs:
         sel = r.get("selection_fraction")
         load = (r.get("loadavg_1m_start"), r.get("loadavg_1m_end"))
-        out.append([
+        mem = r.get("peak_memory_bytes")
+        row = [
             label(r), f"{r['ms_per_step']:.0f}", f"{r['tokens_per_s']:,.0f}", f"{r['roofline_tokens_per_s']:,.0f}",
             f"{r['fraction_of_roofline']:.2f}", f"{1e3 * r['peak_tflops']:.0f}",
             "" if sel is None else f"{100 * sel:.1f}",
+            "" if mem is None else f"{mem / 2**20:,.0f}",
             "" if load[0] is None else f"{load[0]:.1f}-{load[1]:.1f}",
-        ])
+        ]
+        if ref is not None:
+            t = reference_for(r, ref)
+            row += ["" if t is None else f"{t:,.0f}", "" if t is None else f"{r['tokens_per_s'] / t:.2f}×"]
+        out.append(row)
     return out
 
 
-def markdown(recs: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows(recs)]
+def markdown(recs: list[dict], ref: dict | None = None) -> str:
+    cols = COLUMNS + (REFERENCE_COLUMNS if ref is not None else [])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows(recs, ref)]
     return "\n".join(lines) + "\n"
 
 
@@ -107,11 +146,13 @@ def plot(recs: list[dict], out_png, title: str = "") -> None:
     plt.close(fig)
 
 
+@user_errors
 def main(argv):
     del argv
     recs = load_records(FLAGS.input)
+    ref = load_reference(FLAGS.reference) if FLAGS.reference else None
     plot(recs, FLAGS.output, FLAGS.title)
-    md = markdown(recs)
+    md = markdown(recs, ref)
     if FLAGS.markdown:
         Path(FLAGS.markdown).write_text(md)
     sys.stdout.write(md)
