@@ -13,6 +13,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # JAX_COMPILATION_CACHE_DIR= (empty) to run without it.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "jax-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# Compile with LLVM's optimisation off (XLA's own HLO passes still run, so the programs and their
+# float semantics are the ones users get; only the machine code is less tuned). The tests' shapes
+# are tiny, so compile time is most of their cost: measured on tests/test_sparse.py (cold cache,
+# 2 cores) 62 -> 42 s of CPU. Subprocesses inherit it; tests that set XLA_FLAGS for a subprocess
+# append to os.environ's. Set JAXCODERS_TEST_XLA_OPT=1 to test with the default optimisation instead.
+if os.environ.get("JAXCODERS_TEST_XLA_OPT", "0") == "0" and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import pytest  # noqa: E402
 
@@ -20,19 +27,30 @@ FIXTURES = Path(__file__).parent / "fixtures" / "reference"
 
 
 def pytest_collection_modifyitems(config, items):
-    """Groups for `pytest -n N --dist loadgroup` (`make test`): the tests of one module share a
-    worker (their module- and session-scoped fixtures are built once), and every test that reads
-    the shared demo output (`demo_small`) runs on one worker, so the demo runs once."""
-    for item in items:
-        if not any(m.name == "xdist_group" for m in item.iter_markers()):
-            group = "demo_small" if "demo_small" in getattr(item, "fixturenames", ()) else item.module.__name__
-            item.add_marker(pytest.mark.xdist_group(group))
+    """Order for `pytest -n N --dist loadfile` (`make test`: a module's tests share one worker, so
+    its module-scoped fixtures are built once): the first module that reads the shared demo output
+    (`demo_small`) stays where it is, so the demo starts early on one worker; the other modules that
+    read it go last, when it is ready, and never sit waiting for it while other work is left."""
+    users = [it.module.__name__ for it in items if "demo_small" in getattr(it, "fixturenames", ())]
+    late = set(users[1:]) - {users[0]} if users else set()
+    items.sort(key=lambda it: it.module.__name__ in late)  # stable: the order within each part is kept
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     assert FIXTURES.is_dir(), f"missing {FIXTURES}"
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def cli_runner():
+    """A fork server (tests/fork_runner.py) for command-line tests: `cli_runner.run([script, *args],
+    cwd=, env=)` -> (rc, stdout, stderr), as `python script args` would give, without paying the
+    imports (~5 s on 2 cores) per command. One per worker, closed when the session ends."""
+    import fork_runner
+
+    with fork_runner.ForkRunners(1, env=fork_runner.in_repo_env()) as runners:
+        yield runners
 
 
 def run_demo_cli(args, env_extra=None, timeout=900):
@@ -52,9 +70,25 @@ def run_demo_cli(args, env_extra=None, timeout=900):
 @pytest.fixture(scope="session")
 def demo_small(tmp_path_factory):
     """One `experiments/demo.py --small` run shared by every test that reads a demo output (the demo
-    test, the paper and the dashboard tests): (out, models_dir, completed process). Read it, never
-    write into it: copy what a test needs to change."""
-    base = tmp_path_factory.mktemp("demo_small")
-    out, models = base / "demo", base / "models"
-    r = run_demo_cli(["--small", f"--out={out}", f"--models_dir={models}"])
-    return out, models, r
+    test, the paper and the dashboard tests), by all pytest-xdist workers of the run (the first to
+    ask builds it under a file lock; the others wait for it and reuse it):
+    (out, models_dir, result with .stdout/.stderr). Read it, never write into it: copy what a test
+    needs to change."""
+    import fcntl
+    import json
+    import shutil
+    from types import SimpleNamespace
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, shared by its workers
+    base = root / "demo_small"
+    out, models, done = base / "demo", base / "models", base / "result.json"
+    with open(root / "demo_small.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(base, ignore_errors=True)  # what a failed attempt left
+            base.mkdir()
+            r = run_demo_cli(["--small", f"--out={out}", f"--models_dir={models}"])
+            done.write_text(json.dumps({"stdout": r.stdout, "stderr": r.stderr}))
+    return out, models, SimpleNamespace(returncode=0, **json.loads(done.read_text()))

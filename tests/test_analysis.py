@@ -1,7 +1,6 @@
 """Decoder metrics, usage statistics, the per-crosscoder table, plots and the CLIs."""
 import json
 import os
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -239,20 +238,20 @@ def test_workdir_convention(tmp_path, fixtures_dir):
 # ----------------------------------------------------------------------------- CLIs
 
 
-def _run(script, *args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / script), *args], capture_output=True, text=True,
-                          env=env, timeout=240, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+def _run(runner, script, *args):
+    """stdout of `python experiments/<script> args`, through the suite's fork server (conftest.cli_runner)."""
+    rc, out, err = runner.run([str(ROOT / "experiments" / script), *args], cwd=ROOT,
+                              env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=240)
+    assert rc == 0, out[-3000:] + err[-3000:]
+    return out
 
 
-def test_cli_latent_scaling_on_a_workdir_matches_fixture(tmp_path, fixtures_dir):
+def test_cli_latent_scaling_on_a_workdir_matches_fixture(cli_runner, tmp_path, fixtures_dir):
     import shutil
 
     case = fixtures_dir / "batchtopk_crosscoder"
     shutil.copytree(case / "model", tmp_path / "wd" / "export")
-    out = _run("latent_scaling.py", f"--crosscoder={tmp_path / 'wd'}", f"--acts={case / 'latent_scaling.npz'}",
+    out = _run(cli_runner, "latent_scaling.py", f"--crosscoder={tmp_path / 'wd'}", f"--acts={case / 'latent_scaling.npz'}",
                f"--out={tmp_path / 'out'}", "--batch_size=64", "--dtype=float64", "--progress=false")
     assert "wd: 0 chat-only latents by Δnorm (of 64); 0 survive Latent Scaling" in out
     table = pd.read_parquet(tmp_path / "out" / "wd" / "latent_scaling.parquet")
@@ -263,14 +262,14 @@ def test_cli_latent_scaling_on_a_workdir_matches_fixture(tmp_path, fixtures_dir)
     assert (tmp_path / "out" / "wd" / "nu_scatter.png").is_file()
 
 
-def test_cli_analyze_planted(tmp_path):
+def test_cli_analyze_planted(cli_runner, tmp_path):
     from jaxcoders.data.store import ActivationStore
 
     model, x, _ = planted_problem(n=600)
     jaxcoders.save_reference(model, tmp_path / "planted")
     ActivationStore.create_from_arrays(str(tmp_path / "store"), x, token_classes=np.arange(len(x)) % 6,
                                        dataset_ids=np.arange(len(x)) // 300, dataset_names=["fineweb", "lmsys"])
-    out = _run("analyze.py", f"--crosscoder={tmp_path / 'planted'}", f"--store={tmp_path / 'store'}",
+    out = _run(cli_runner, "analyze.py", f"--crosscoder={tmp_path / 'planted'}", f"--store={tmp_path / 'store'}",
                f"--out={tmp_path / 'out'}", "--batch_size=128", "--progress=false")
     assert "planted: 3 chat-only latents by Δnorm (of 8); 2 (66.7%) survive Latent Scaling" in out
     d = tmp_path / "out" / "planted"

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +19,14 @@ STEP_KEYS = {
 }
 
 
-def test_benchmark_smoke_and_plot(tmp_path):
+def _plot(runner, *args):
+    """experiments/plot_benchmark.py through the suite's fork server (conftest.cli_runner)."""
+    rc, out, err = runner.run([str(ROOT / "experiments" / "plot_benchmark.py"), *args], cwd=ROOT,
+                              env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+    return SimpleNamespace(returncode=rc, stdout=out, stderr=err)
+
+
+def test_benchmark_smoke_and_plot(cli_runner, tmp_path):
     out = tmp_path / "bench.jsonl"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     cmd = [sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--preset=S", "--steps=3", "--warmup=1",
@@ -40,9 +48,7 @@ def test_benchmark_smoke_and_plot(tmp_path):
     assert [json.loads(x)["arch"] for x in proc.stdout.splitlines() if x.startswith("{")] == ["l1", "batchtopk"]
 
     png, md = tmp_path / "bench.png", tmp_path / "bench.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "plot_benchmark.py"), f"--input={out}",
-                           f"--output={png}", f"--markdown={md}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = _plot(cli_runner, f"--input={out}", f"--output={png}", f"--markdown={md}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert png.stat().st_size > 10_000
     assert md.read_text().count("\n") == 4 and "S batchtopk k=32 sparse topk" in md.read_text()
@@ -57,9 +63,7 @@ def test_benchmark_smoke_and_plot(tmp_path):
         {"kind": "btk", "size": "S", "k": 32, "tokens_per_s": 600.0},
         {"kind": "btk", "size": "M", "k": 32, "tokens_per_s": 1.0},
         {"kind": "btk", "size": "S", "k": 100, "error": "killed"}]) + "\nnot json\n")
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "plot_benchmark.py"), f"--input={out}",
-                           f"--output={png}", f"--markdown={md}", f"--reference={ref}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = _plot(cli_runner, f"--input={out}", f"--output={png}", f"--markdown={md}", f"--reference={ref}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = md.read_text().splitlines()
     assert table[0].endswith("| reference tokens/s | × reference |")
@@ -67,9 +71,7 @@ def test_benchmark_smoke_and_plot(tmp_path):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[-2] == f"{ref_tps:,.0f}" and cells[-1] == f"{rec['tokens_per_s'] / ref_tps:.2f}×"
     ref.write_text(json.dumps({"kind": "btk", "size": "S", "k": 32, "error": "x"}) + "\n")
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "plot_benchmark.py"), f"--input={out}",
-                           f"--output={png}", f"--reference={ref}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = _plot(cli_runner, f"--input={out}", f"--output={png}", f"--reference={ref}")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
 
 

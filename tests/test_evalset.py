@@ -180,22 +180,6 @@ def test_resume_refuses_other_settings(world, tmp_path):
 # ----------------------------------------------------------------------------- the command
 
 
-@pytest.fixture(scope="module")
-def runner():
-    """One fork server for the command tests of test_paper.py and test_evalset.py (its start, the
-    imports, is most of their cost), closed when the session ends."""
-    import atexit
-
-    import fork_runner
-
-    r = getattr(fork_runner, "_paper_and_evalset_runners", None)
-    if r is None:
-        r = fork_runner.ForkRunners(1, env=fork_runner.in_repo_env())
-        fork_runner._paper_and_evalset_runners = r
-        atexit.register(r.close)
-    return r
-
-
 def _cli(runner, args, cwd):
     from fork_runner import in_repo_env
 
@@ -203,11 +187,11 @@ def _cli(runner, args, cwd):
                       timeout=300)
 
 
-def test_cli_writes_what_the_library_writes(runner, world, tmp_path):
+def test_cli_writes_what_the_library_writes(cli_runner, world, tmp_path):
     lib = tmp_path / "lib.jsonl"
     _build(world, lib, num_conversations=3, batch_size=2, max_new_tokens=5)
     out = tmp_path / "cli.jsonl"
-    rc, stdout, err = _cli(runner, [f"--chat_model={world['chat']}", f"--dataset={world['chats']}", f"--out={out}",
+    rc, stdout, err = _cli(cli_runner, [f"--chat_model={world['chat']}", f"--dataset={world['chats']}", f"--out={out}",
                                     "--num_conversations=3", "--batch_size=2", "--max_new_tokens=5", "--device=cpu",
                                     "--noprogress"], tmp_path)
     assert rc == 0, err[-2000:]
@@ -228,9 +212,9 @@ def test_cli_writes_what_the_library_writes(runner, world, tmp_path):
      "--temperature > 0"),
     (["--chat_model={chat}", "--dataset={chats}", "--out={tmp}/o.jsonl", "--max_turns=-1"], "--max_turns"),
 ])
-def test_cli_bad_input_one_error_line(runner, world, tmp_path, args, msg):
+def test_cli_bad_input_one_error_line(cli_runner, world, tmp_path, args, msg):
     args = [a.format(tmp=tmp_path, chat=world["chat"], base=world["base"], chats=world["chats"]) for a in args]
-    rc, out, err = _cli(runner, args, tmp_path)
+    rc, out, err = _cli(cli_runner, args, tmp_path)
     assert rc != 0, (out, err)
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], err[-2000:]
@@ -238,11 +222,11 @@ def test_cli_bad_input_one_error_line(runner, world, tmp_path, args, msg):
     assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "o.txt").exists()
 
 
-def test_cli_refuses_to_resume_with_other_settings(runner, world, tmp_path):
+def test_cli_refuses_to_resume_with_other_settings(cli_runner, world, tmp_path):
     out = tmp_path / "r.jsonl"
     _build(world, out, num_conversations=2)
     before = out.read_bytes()
-    rc, _, err = _cli(runner, [f"--chat_model={world['chat']}", f"--dataset={world['chats']}", f"--out={out}",
+    rc, _, err = _cli(cli_runner, [f"--chat_model={world['chat']}", f"--dataset={world['chats']}", f"--out={out}",
                                "--num_conversations=2", "--batch_size=2", "--max_new_tokens=9", "--device=cpu"],
                       tmp_path)
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]

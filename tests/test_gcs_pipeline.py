@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,12 +28,12 @@ def _env(gcs):
     return dict(os.environ, **gcs, HF_HUB_OFFLINE="1", CI="1", JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1")
 
 
-def _run(script, *args, gcs, timeout=300, check=True):
-    p = subprocess.run([sys.executable, str(EXP / script), *args], cwd=ROOT, env=_env(gcs), capture_output=True,
-                       text=True, timeout=timeout)
+def _run(runner, script, *args, gcs, timeout=300, check=True):
+    """`python experiments/<script> args` through the suite's fork server (conftest.cli_runner)."""
+    rc, out, err = runner.run([str(EXP / script), *args], cwd=ROOT, env=_env(gcs), timeout=timeout)
     if check:
-        assert p.returncode == 0, f"{script} failed ({p.returncode}):\n{p.stderr[-3000:]}"
-    return p
+        assert rc == 0, f"{script} failed ({rc}):\n{err[-3000:]}"
+    return SimpleNamespace(returncode=rc, stdout=out, stderr=err)
 
 
 TRAIN = ["--config=tiny", "--config.data.synthetic=False", "--config.run.steps=60", "--config.run.log_every=10",
@@ -46,12 +47,12 @@ def gcs():
         yield env
 
 
-def test_extract_train_resume_analyze_examples_report_on_gcs(gcs, tmp_path):
+def test_extract_train_resume_analyze_examples_report_on_gcs(gcs, cli_runner, tmp_path):
     # 1. extraction into a gs:// store
     base, chat = H.build_tiny_model_pair(tmp_path / "models", arch="llama")
     text, chat_data = H.write_local_datasets(tmp_path / "data")
     store = "gs://bkt/acts/tiny"
-    _run("extract_activations.py", f"--base_model={base}", f"--chat_model={chat}", "--layer=1",
+    _run(cli_runner, "extract_activations.py", f"--base_model={base}", f"--chat_model={chat}", "--layer=1",
          f"--dataset={text},{chat_data}", "--text_column=text,", "--chat_column=,conversation",
          "--max_tokens=600", "--val_max_tokens=0", "--seq_len=32", "--dtype=float32", f"--out={store}", gcs=gcs)
     assert any(n.startswith("acts/tiny/") for n in list_objects(gcs, "bkt", "acts/tiny"))
@@ -59,7 +60,7 @@ def test_extract_train_resume_analyze_examples_report_on_gcs(gcs, tmp_path):
     # 2. training in a gs:// workdir: SIGKILL after the first checkpoint, then the same command resumes
     args = TRAIN + [f"--config.data.store={store}"]
     ref_dir = tmp_path / "ref"
-    _run("train.py", *args, f"--workdir={ref_dir}", gcs=gcs)
+    _run(cli_runner, "train.py", *args, f"--workdir={ref_dir}", gcs=gcs)
     workdir = "gs://bkt/runs/tiny"
     proc = subprocess.Popen([sys.executable, str(EXP / "train.py"), *args, f"--workdir={workdir}"], cwd=ROOT,
                             env=_env(gcs), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -73,7 +74,7 @@ def test_extract_train_resume_analyze_examples_report_on_gcs(gcs, tmp_path):
     proc.wait()
     assert killed, "training finished before it could be killed"
     assert not any(n.startswith("runs/tiny/export/") for n in list_objects(gcs, "bkt", "runs/tiny"))
-    p = _run("train.py", *args, f"--workdir={workdir}", gcs=gcs)
+    p = _run(cli_runner, "train.py", *args, f"--workdir={workdir}", gcs=gcs)
     assert "done:" in p.stdout
     for name in ("model.safetensors", "config.json"):
         assert read_object(gcs, "bkt", f"runs/tiny/export/{name}") == (ref_dir / "export" / name).read_bytes(), name
@@ -82,10 +83,11 @@ def test_extract_train_resume_analyze_examples_report_on_gcs(gcs, tmp_path):
 
     # 3. analysis, examples and the report on gs:// (crosscoder = the gs:// workdir)
     out = "gs://bkt/analysis"
-    _run("analyze.py", f"--crosscoder={workdir}", f"--store={store}", f"--out={out}", "--batch_size=256", gcs=gcs)
-    _run("collect_examples.py", f"--crosscoder={workdir}", f"--store={store}", f"--out={out}", "--batch_size=256",
-         "--latents=all", gcs=gcs)
-    p = _run("report.py", f"--analysis={out}", gcs=gcs)
+    _run(cli_runner, "analyze.py", f"--crosscoder={workdir}", f"--store={store}", f"--out={out}", "--batch_size=256",
+         gcs=gcs)
+    _run(cli_runner, "collect_examples.py", f"--crosscoder={workdir}", f"--store={store}", f"--out={out}",
+         "--batch_size=256", "--latents=all", gcs=gcs)
+    p = _run(cli_runner, "report.py", f"--analysis={out}", gcs=gcs)
     names = set(list_objects(gcs, "bkt", "analysis/tiny/"))
     for f in ("latents.parquet", "summary.json", "examples.parquet", "examples.json", "report.html"):
         assert f"analysis/tiny/{f}" in names, (f, sorted(names))
@@ -94,7 +96,7 @@ def test_extract_train_resume_analyze_examples_report_on_gcs(gcs, tmp_path):
     assert "<html" in html.lower() and "latent" in html
 
     # 4. a missing crosscoder: one error line
-    p = _run("analyze.py", "--crosscoder=gs://bkt/runs/nope", f"--store={store}", f"--out={out}", gcs=gcs,
+    p = _run(cli_runner, "analyze.py", "--crosscoder=gs://bkt/runs/nope", f"--store={store}", f"--out={out}", gcs=gcs,
              check=False)
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: gs://bkt/runs/nope")
 

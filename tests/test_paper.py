@@ -570,22 +570,6 @@ def test_report_cards_show_logit_lens_and_density(paper, tmp_path):
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.fixture(scope="module")
-def runner():
-    """One fork server for the command tests of test_paper.py and test_evalset.py (its start, the
-    imports, is most of their cost), closed when the session ends."""
-    import atexit
-
-    import fork_runner
-
-    r = getattr(fork_runner, "_paper_and_evalset_runners", None)
-    if r is None:
-        r = fork_runner.ForkRunners(1, env=fork_runner.in_repo_env())
-        fork_runner._paper_and_evalset_runners = r
-        atexit.register(r.close)
-    return r
-
-
 def _paper_cli(runner, args, cwd):
     from fork_runner import in_repo_env
 
@@ -606,11 +590,11 @@ def _paper_cli(runner, args, cwd):
     (["--demo_out={demo}", "--out={demo}/l1"], "already holds"),
     (["--demo_out={demo}", "--out={tmp}/o", "--no_such_flag"], "Unknown command line flag"),
 ])
-def test_paper_cli_bad_input_one_error_line(runner, demo_small, tmp_path, args, msg):
+def test_paper_cli_bad_input_one_error_line(cli_runner, demo_small, tmp_path, args, msg):
     demo = demo_small[0]
     args = [a.replace("{tmp}", str(tmp_path)).replace("{demo}", str(demo)) for a in args]
     before = sorted(x.name for x in demo.iterdir())
-    rc, out, err = _paper_cli(runner, args, tmp_path)
+    rc, out, err = _paper_cli(cli_runner, args, tmp_path)
     assert rc != 0, (out, err)
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], err[-2000:]

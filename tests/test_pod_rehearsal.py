@@ -22,7 +22,7 @@ def _free_port():
 
 def _env(**extra):
     env = dict(os.environ, CI="1", JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT),
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+               XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2")
     env.update(extra)
     return env
 

@@ -9,9 +9,8 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -146,10 +145,15 @@ def page_data(html_text: str) -> dict:
     return json.loads(m.group(1))
 
 
-def test_report_cli_is_self_contained(world):
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"),
-                           f"--analysis={world['analysis'].parent}"], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+def _report_cli(runner, *args):
+    """experiments/report.py through the suite's fork server (conftest.cli_runner)."""
+    rc, out, err = runner.run([str(ROOT / "experiments" / "report.py"), *args], cwd=ROOT, env=dict(os.environ),
+                              timeout=300)
+    return SimpleNamespace(returncode=rc, stdout=out, stderr=err)
+
+
+def test_report_cli_is_self_contained(cli_runner, world):
+    proc = _report_cli(cli_runner, f"--analysis={world['analysis'].parent}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = world["analysis"] / "report.html"
     assert str(path) in proc.stdout and (world["tied"] / "report.html").is_file()  # one report per crosscoder
@@ -383,20 +387,17 @@ def test_report_opens_on_chosen_view_with_causal_section(world, browser, tmp_pat
     assert browser.find_element(By.CSS_SELECTOR, "#card-panel .latent-card").get_attribute("data-latent") == str(BASE_ONLY)
 
 
-def test_report_cli_screenshot_and_initial_view(world, browser, tmp_path):
+def test_report_cli_screenshot_and_initial_view(cli_runner, world, browser, tmp_path):
     """experiments/report.py --sort_by --open_latent --screenshot: the page as Chromium shows it."""
     _need(browser)  # chromium + chromedriver present (the same requirement as the browser tests)
     out = tmp_path / "r.html"
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), f"--analysis={world['analysis']}",
-                           f"--out={out}", "--sort_by=delta_norm", "--open_latent=first",
-                           f"--screenshot={tmp_path / 'r.png'}"], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+    proc = _report_cli(cli_runner, f"--analysis={world['analysis']}", f"--out={out}", "--sort_by=delta_norm",
+                       "--open_latent=first", f"--screenshot={tmp_path / 'r.png'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = page_data(out.read_text())
     assert data["initial"]["sort"] == "delta_norm" and str(data["initial"]["open"]) == next(iter(data["cards"]))
     png = (tmp_path / "r.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
-    bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), f"--analysis={world['analysis']}",
-                          f"--out={tmp_path / 'x.html'}", "--open_latent=abc"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=300)
+    bad = _report_cli(cli_runner, f"--analysis={world['analysis']}", f"--out={tmp_path / 'x.html'}",
+                      "--open_latent=abc")
     assert bad.returncode != 0 and "--open_latent must be a latent index" in bad.stderr

@@ -2,9 +2,8 @@
 through analyze; the tied importer's input normalization; W&B tracking in offline mode."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,12 +17,12 @@ SHORT = ["--config=tiny", "--config.run.steps=20", "--config.run.log_every=10", 
          "--config.run.checkpoint_every=20"]
 
 
-def _run(script, *args, env_extra=None, timeout=300):
+def _run(runner, script, *args, env_extra=None, timeout=300):
+    """`python experiments/<script> args` through the suite's fork server (conftest.cli_runner)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", CI="1", **(env_extra or {}))
-    p = subprocess.run([sys.executable, str(EXP / script), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=timeout)
-    assert p.returncode == 0, f"{script}: {p.stderr[-3000:]}"
-    return p
+    rc, out, err = runner.run([str(EXP / script), *args], cwd=ROOT, env=env, timeout=timeout)
+    assert rc == 0, f"{script}: {err[-3000:]}"
+    return SimpleNamespace(returncode=rc, stdout=out, stderr=err)
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +35,14 @@ def acts(tmp_path_factory):
     return path
 
 
-def test_tied_from_the_command_line_and_its_analysis(tmp_path, acts):
+def test_tied_from_the_command_line_and_its_analysis(cli_runner, tmp_path, acts):
     work = tmp_path / "tied"
-    _run("train.py", *SHORT, f"--workdir={work}", "--config.model.architecture=tied", "--config.model.eta=3")
+    _run(cli_runner, "train.py", *SHORT, f"--workdir={work}", "--config.model.architecture=tied", "--config.model.eta=3")
     cfg = json.loads((work / "config.json").read_text())
     assert cfg["model"]["architecture"] == "tied" and cfg["train"]["eta"] == 3.0
     model = jaxcoders.load_reference(work)  # the tied export loads through the one entry point
     assert model.cfg.is_tied and model.cfg.dict_size == 256
-    p = _run("analyze.py", f"--crosscoder={work}", f"--acts={acts}", f"--out={tmp_path / 'an'}", "--noplots")
+    p = _run(cli_runner, "analyze.py", f"--crosscoder={work}", f"--acts={acts}", f"--out={tmp_path / 'an'}", "--noplots")
     assert "chat-corner" in p.stdout
     import pandas as pd
 
@@ -57,16 +56,16 @@ def test_tied_from_the_command_line_and_its_analysis(tmp_path, acts):
     assert "latent_scaling" in summary  # says why it is not there
 
 
-def test_shared_latent_variant_from_the_command_line(tmp_path, acts):
+def test_shared_latent_variant_from_the_command_line(cli_runner, tmp_path, acts):
     work = tmp_path / "shared"
-    _run("train.py", *SHORT, f"--workdir={work}", "--config.model.architecture=l1",
+    _run(cli_runner, "train.py", *SHORT, f"--workdir={work}", "--config.model.architecture=l1",
          "--config.model.n_shared_latents=16", "--config.train.shared_l1_coefficient=0.005")
     assert json.loads((work / "export" / "jaxcoders.json").read_text()) == {"n_shared_latents": 16}
     model = jaxcoders.load_reference(work)
     assert model.cfg.n_shared_latents == 16
     w = np.asarray(model.params.w_dec_MFD)
     np.testing.assert_array_equal(w[0, :16], w[1, :16])  # one decoder row per shared latent
-    _run("analyze.py", f"--crosscoder={work}", f"--acts={acts}", f"--out={tmp_path / 'an'}", "--noplots")
+    _run(cli_runner, "analyze.py", f"--crosscoder={work}", f"--acts={acts}", f"--out={tmp_path / 'an'}", "--noplots")
     import pandas as pd
 
     t = pd.read_parquet(tmp_path / "an" / "shared" / "latents.parquet")
@@ -98,17 +97,17 @@ def test_tied_importer_restores_the_input_normalization(tmp_path):
     np.testing.assert_allclose(np.asarray(normalize_input(explicit.cfg, explicit.buffers, x)), x, rtol=1e-6)
 
 
-def test_wandb_offline_run(tmp_path):
+def test_wandb_offline_run(cli_runner, tmp_path):
     pytest.importorskip("wandb")
     work, wdir = tmp_path / "run", tmp_path / "wandb_dir"
     wdir.mkdir()
     env = {"WANDB_MODE": "offline", "WANDB_DIR": str(wdir), "WANDB_SILENT": "true"}
-    _run("train.py", *SHORT, f"--workdir={work}", "--config.run.wandb_project=jaxcoders-test",
+    _run(cli_runner, "train.py", *SHORT, f"--workdir={work}", "--config.run.wandb_project=jaxcoders-test",
          "--config.run.wandb_tags=ci,tiny", env_extra=env)
     runs = sorted((wdir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
     run_id = (work / "wandb_run_id").read_text().strip()
     assert runs[0].name.endswith(run_id)
     # nothing is written when no project is asked for
-    _run("train.py", *SHORT, f"--workdir={tmp_path / 'plain'}", env_extra={**env, "WANDB_DIR": str(tmp_path / "no")})
+    _run(cli_runner, "train.py", *SHORT, f"--workdir={tmp_path / 'plain'}", env_extra={**env, "WANDB_DIR": str(tmp_path / "no")})
     assert not (tmp_path / "no").exists() and not (tmp_path / "plain" / "wandb_run_id").exists()
