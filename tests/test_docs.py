@@ -35,12 +35,13 @@ def test_every_docs_page_named_anywhere_exists():
 
 
 def test_nothing_points_outside_the_repository():
+    outside = "../" + "shared"  # the development-only folder beside the clone (spelled so this file has no hit)
     hits = []
     for base in ("jaxcoders", "experiments", "tpu", "docs", "tests"):
         for p in (ROOT / base).rglob("*"):
-            if p.suffix in (".py", ".md", ".sh", ".toml") and p.is_file() and p.name != "test_docs.py":
+            if p.suffix in (".py", ".md", ".sh", ".toml") and p.is_file():
                 text = p.read_text()
-                if "../shared" in text or re.search(r"\bSPEC(\.md)?\b( section| §|\.md)", text):
+                if outside in text or re.search(r"\bSPEC(\.md)?\b( section| §|\.md)", text):
                     hits.append(str(p.relative_to(ROOT)))
     assert hits == []
 

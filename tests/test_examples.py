@@ -14,6 +14,7 @@ import jaxcoders
 from jaxcoders.analysis import examples as exm
 from jaxcoders.config import CrossCoderConfig
 from jaxcoders.core.module import CrossCoder
+from xla_env import fake_devices
 
 ROOT = Path(__file__).resolve().parent.parent
 D = 16
@@ -274,7 +275,7 @@ def test_store_and_sharded_cli(tmp_path, l1_run, fixtures_dir):
                                        token_classes=rows["token_classes"], dataset_ids=rows["dataset_ids"],
                                        dataset_names=["fineweb", "lmsys"], chunk_rows=64)
     model_dir = fixtures_dir / "l1_crosscoder" / "model"
-    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=fake_devices(8), JAX_PLATFORMS="cpu")
     cmd = [sys.executable, str(ROOT / "experiments" / "collect_examples.py"), f"--crosscoder={model_dir}",
            f"--store={tmp_path / 'store'}", f"--out={tmp_path / 'out'}", "--per_bucket=3", "--seed=5",
            "--window_before=3", "--window_after=2", "--batch_size=64", "--max_sequences=4", "--mesh_latent=2",

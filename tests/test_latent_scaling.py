@@ -13,6 +13,7 @@ from jaxcoders.analysis import scaling as ls
 from jaxcoders.config import CrossCoderConfig
 from jaxcoders.core.module import CrossCoder
 from jaxcoders.core.params import CrossCoderParams, default_buffers
+from xla_env import fake_devices
 
 CASES = ["l1_crosscoder", "batchtopk_crosscoder"]
 MODELS = ("base", "chat")
@@ -340,7 +341,7 @@ SHARDED_SCRIPT = textwrap.dedent(r"""
 
 
 def test_sharded_8_devices_matches_single_device(fixtures_dir):
-    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=fake_devices(8), JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(fixtures_dir)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
+from xla_env import fake_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,7 @@ def _free_port():
 
 def _env(**extra):
     env = dict(os.environ, CI="1", JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT),
-               XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2")
+               XLA_FLAGS=fake_devices(2))
     env.update(extra)
     return env
 

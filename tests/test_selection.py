@@ -17,6 +17,7 @@ import pytest
 
 from jaxcoders.core.selection import pallas as selection_pallas
 from jaxcoders.core.selection.exact import METHODS, batch_topk, batch_topk_mask, radix_select, score_keys
+from xla_env import fake_devices
 
 ACCEL = tuple(m for m in METHODS if m != "topk")
 
@@ -265,7 +266,7 @@ def test_row_topk_mask_equals_lax_top_k_rows():
 
 
 def test_sharded_equals_unsharded_on_8_devices():
-    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=fake_devices(8), JAX_PLATFORMS="cpu")
     root = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     res = subprocess.run([sys.executable, "-c", _SHARDED], env=env, cwd=root, capture_output=True, text=True,

@@ -16,6 +16,7 @@ from jaxcoders.core.sparse_batchtopk import _auxk_caps, batchtopk_loss_sparse, d
 from jaxcoders.core.selection.candidates import compact_mask, select_entries
 from jaxcoders.training.state import init_train_state
 from jaxcoders.training.step import make_train_step
+from xla_env import fake_devices
 
 B, D, F = 64, 16, 256
 
@@ -250,7 +251,7 @@ def test_sparse_step_on_a_mesh_equals_single_device():
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
         print("OK")
     """)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=fake_devices(8))
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from xla_env import fake_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "experiments" / "train.py")
@@ -113,7 +114,7 @@ def test_sharded_step_equals_single_device():
         print("OK")
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                       env=_env(XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"))
+                       env=_env(XLA_FLAGS=fake_devices(8)))
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
 
 
