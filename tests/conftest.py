@@ -8,11 +8,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # One persistent XLA compilation cache for the suite and every command it starts in a subprocess
 # (the CLI tests compile the same train steps and analysis passes many times over): measured on the
-# tiny BatchTopK step, compile 2.6 s -> 0.4 s when cached. Entries are keyed by the HLO, the
+# tiny BatchTopK step, compile 2.6 s -> 0.4 s when cached. Every compile is cached (minimum compile
+# time 0), the ~30 small eager ops of a run's init and logging too: a second tiny training process
+# then costs 5.1 s of CPU instead of 8.1 s (0.2 s minimum). Entries are keyed by the HLO, the
 # compile options, XLA_FLAGS and the jax/jaxlib versions, so a stale entry is never used. Set
 # JAX_COMPILATION_CACHE_DIR= (empty) to run without it.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "jax-tests"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # Compile with LLVM's optimisation off (XLA's own HLO passes still run, so the programs and their
 # float semantics are the ones users get; only the machine code is less tuned). The tests' shapes
 # are tiny, so compile time is most of their cost: measured on tests/test_sparse.py (cold cache,
@@ -46,11 +48,13 @@ def fixtures_dir() -> Path:
 def cli_runner():
     """A fork server (tests/fork_runner.py) for command-line tests: `cli_runner.run([script, *args],
     cwd=, env=)` -> (rc, stdout, stderr), as `python script args` would give, without paying the
-    imports (~5 s on 2 cores) per command. One per worker, closed when the session ends."""
+    imports (~3-4 s on 2 cores) per command; `cli_runner.start(...)` -> a job with `.pid` and
+    `.wait()` for commands that run side by side or get signalled. One per worker, closed when the
+    session ends."""
     import fork_runner
 
-    with fork_runner.ForkRunners(1, env=fork_runner.in_repo_env()) as runners:
-        yield runners
+    with fork_runner.ForkRunner(env=fork_runner.in_repo_env()) as runner:
+        yield runner
 
 
 def run_demo_cli(args, env_extra=None, timeout=900):

@@ -2,9 +2,6 @@
 numpy reference), sampling is exact bottom-k, results do not depend on batching or sharding."""
 import functools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -264,7 +261,7 @@ def test_errors_are_actionable(l1_model):
         exm.collect_examples(l1_model, x, rows=rows, fractions=(0.5, 0.25))
 
 
-def test_store_and_sharded_cli(tmp_path, l1_run, fixtures_dir):
+def test_store_and_sharded_cli(tmp_path, l1_run, fixtures_dir, cli_runner):
     """The command on an ActivationStore (per-row columns read from the store) with 8 CPU devices
     (latents over 2, tokens over 4) gives exactly the single-device in-memory result."""
     from jaxcoders.data.store import ActivationStore
@@ -275,14 +272,13 @@ def test_store_and_sharded_cli(tmp_path, l1_run, fixtures_dir):
                                        token_classes=rows["token_classes"], dataset_ids=rows["dataset_ids"],
                                        dataset_names=["fineweb", "lmsys"], chunk_rows=64)
     model_dir = fixtures_dir / "l1_crosscoder" / "model"
-    env = dict(os.environ, XLA_FLAGS=fake_devices(8), JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, str(ROOT / "experiments" / "collect_examples.py"), f"--crosscoder={model_dir}",
+    cmd = [str(ROOT / "experiments" / "collect_examples.py"), f"--crosscoder={model_dir}",
            f"--store={tmp_path / 'store'}", f"--out={tmp_path / 'out'}", "--per_bucket=3", "--seed=5",
            "--window_before=3", "--window_after=2", "--batch_size=64", "--max_sequences=4", "--mesh_latent=2",
            "--latents=" + ",".join(map(str, L1_KW["latents"])), "--progress=false"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "examples of 22 latents" in proc.stdout and "3 duplicates skipped" in proc.stdout
+    rc, stdout, stderr = cli_runner.run(cmd, cwd=ROOT, env=dict(XLA_FLAGS=fake_devices(8)), timeout=300)
+    assert rc == 0, stderr[-3000:]
+    assert "examples of 22 latents" in stdout and "3 duplicates skipped" in stdout
     back = exm.load_examples(tmp_path / "out" / "l1_crosscoder")
     for k, v in res["examples"].items():
         np.testing.assert_array_equal(back["examples"][k], v, err_msg=k)

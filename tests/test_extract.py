@@ -6,10 +6,9 @@ Models and tokenizer are built locally (tests/extract_helpers.py) and loaded thr
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import tempfile
 
@@ -59,14 +58,12 @@ def _cfg(env, out, arch="gemma2", layer=1, **kw):
                          seq_len=kw.pop("seq_len", SEQ_LEN), dtype=kw.pop("dtype", "float32"), **kw)
 
 
-def _run_cli(args, env_extra=None, check=True, timeout=300):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", CI="1", JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1",
-               **(env_extra or {}))
-    p = subprocess.run([sys.executable, str(CLI), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"CLI failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return p
+def _run_cli(runner, args, env_extra=None, check=True, timeout=300):
+    """`python experiments/extract_activations.py args`, forked by the suite's `cli_runner` server."""
+    rc, out, err = runner.run([CLI, *args], cwd=ROOT, env=env_extra, timeout=timeout)
+    if check and rc != 0:
+        raise AssertionError(f"CLI failed ({rc}):\n{err[-3000:]}")
+    return SimpleNamespace(returncode=rc, stdout=out, stderr=err)
 
 
 def _assert_matches_direct(store, base_dir, chat_dir, layer, *, exact=True):
@@ -91,11 +88,11 @@ def _store_files(path):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_cli_gemma2_text_and_chat_bitwise(env):
+def test_cli_gemma2_text_and_chat_bitwise(env, cli_runner):
     base, chat = env["models"]["gemma2"]
     out = env["tmp"] / "cli-store"
     # The tiny local command of docs/extract.md.
-    p = _run_cli([
+    p = _run_cli(cli_runner, [
         f"--base_model={base}", f"--chat_model={chat}", "--layer=1",
         f"--dataset={env['text']},{env['chat']}", "--text_column=text,", "--chat_column=,conversation",
         "--max_tokens=500", "--val_max_tokens=100", f"--seq_len={SEQ_LEN}", "--dtype=float32", f"--out={out}",
@@ -208,7 +205,7 @@ def _crash_at(monkeypatch, what, n):
     monkeypatch.setattr(run_lib.StoreFeeder, "_maybe_kill", maybe_kill)
 
 
-def test_kill_and_resume_equals_uninterrupted(env, monkeypatch):
+def test_kill_and_resume_equals_uninterrupted(env, monkeypatch, cli_runner):
     ref = env["tmp"] / "resume-ref"
     run_extraction(_cfg(env, ref, chunk_rows=32))  # small chunks: a commit every 8 chunks = 256 rows
     out = env["tmp"] / "resume"
@@ -225,16 +222,14 @@ def test_kill_and_resume_equals_uninterrupted(env, monkeypatch):
     args = [f"--base_model={base}", f"--chat_model={chat}", "--layer=1", f"--dataset={env['text']},{env['chat']}",
             "--text_column=text,", "--chat_column=,conversation", "--max_tokens=500", "--val_max_tokens=100",
             f"--seq_len={SEQ_LEN}", "--dtype=float32", "--chunk_rows=32", f"--out={out}"]
-    env_vars = dict(os.environ, HF_HUB_OFFLINE="1", CI="1", JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, str(CLI), *args], cwd=ROOT, env=env_vars,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = cli_runner.start([CLI, *args], cwd=ROOT)
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
+    while time.time() < deadline and job.rc is None:
         if ActivationStore.open(str(out)).num_rows > committed:
             break
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    os.kill(job.pid, signal.SIGKILL)
+    assert job.wait()[0] == -signal.SIGKILL
     st = ActivationStore.open(str(out))
     assert st.num_rows >= committed and not st.complete
     # 3. Dies right after a commit, further on.
@@ -309,9 +304,9 @@ def test_bad_input_one_clear_error_and_store_untouched(env, tmp_path, monkeypatc
     assert ActivationStore.open(str(out)).metadata["extraction"]["layer"] == 0
 
 
-def test_cli_error_is_one_line(env, tmp_path):
+def test_cli_error_is_one_line(env, tmp_path, cli_runner):
     base, chat = env["models"]["gemma2"]
-    p = _run_cli([f"--base_model={base}", f"--chat_model={chat}", "--layer=1", f"--dataset={env['text']}",
+    p = _run_cli(cli_runner, [f"--base_model={base}", f"--chat_model={chat}", "--layer=1", f"--dataset={env['text']}",
                   "--text_column=body", f"--out={tmp_path / 'x'}"], check=False)
     assert p.returncode == 2
     lines = [l for l in p.stderr.strip().splitlines() if l.startswith("error:")]

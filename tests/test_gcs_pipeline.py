@@ -4,8 +4,6 @@ uninterrupted local run, byte for byte), then analyze, collect-examples and repo
 writing gs:// exactly like local paths; a missing gs:// crosscoder gives one error line."""
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,16 +60,15 @@ def test_extract_train_resume_analyze_examples_report_on_gcs(gcs, cli_runner, tm
     ref_dir = tmp_path / "ref"
     _run(cli_runner, "train.py", *args, f"--workdir={ref_dir}", gcs=gcs)
     workdir = "gs://bkt/runs/tiny"
-    proc = subprocess.Popen([sys.executable, str(EXP / "train.py"), *args, f"--workdir={workdir}"], cwd=ROOT,
-                            env=_env(gcs), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = cli_runner.start([EXP / "train.py", *args, f"--workdir={workdir}"], cwd=ROOT, env=_env(gcs))
     deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
+    while time.time() < deadline and job.rc is None:
         if any("/checkpoints/20/" in n for n in list_objects(gcs, "bkt", "runs/tiny/checkpoints")):
             break
         time.sleep(0.05)
-    killed = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed = job.rc is None
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
     assert killed, "training finished before it could be killed"
     assert not any(n.startswith("runs/tiny/export/") for n in list_objects(gcs, "bkt", "runs/tiny"))
     p = _run(cli_runner, "train.py", *args, f"--workdir={workdir}", gcs=gcs)

@@ -8,8 +8,6 @@ one perturbed decoder weight, must both fail that check.
 """
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -324,19 +322,16 @@ def test_split_by_nu():
 # ----------------------------------------------------------------------------- the command lines
 
 
-def _start_cli(script, *args):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", CI="1", OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, str(ROOT / "experiments" / script), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-
-
-def test_command_lines(env):
+def test_command_lines(env, cli_runner):
     """Both CLIs end to end (started together: most of their time is importing torch and JAX)."""
     base, chat = env["models"]["gemma2"]
     sets = env["tmp"] / "sets.json"
     sets.write_text(json.dumps({"all": list(range(4 * D)), "none": []}))
     out = env["tmp"] / "cli-out"
     inspect_json = env["tmp"] / "inspect.json"
+    def _start_cli(script, *args):  # a forked process of the preloaded `cli_runner` server
+        return cli_runner.start([ROOT / "experiments" / script, *args], cwd=ROOT, timeout=300)
+
     procs = {
         "interventions": _start_cli(
             "interventions.py", f"--base_model={base}", f"--chat_model={chat}", f"--crosscoder={env['cc']}",
@@ -348,9 +343,9 @@ def test_command_lines(env):
             "--layer=1", '--chat=[{"role": "user", "content": "hi there"}]', "--top=2", "--latents=chat-only",
             f"--json_out={inspect_json}"),
     }
-    done = {k: (p.communicate(timeout=300), p.returncode) for k, p in procs.items()}
+    done = {k: p.wait() for k, p in procs.items()}
 
-    (stdout, stderr), rc = done["interventions"]
+    rc, stdout, stderr = done["interventions"]
     assert rc == 0, stderr[-3000:]
     res = json.loads((out / "interventions.json").read_text())
     assert set(res["edits"]) == {"base", "chat", "base_to_chat", "all_latents", "bias_only", "latents:all",
@@ -364,7 +359,7 @@ def test_command_lines(env):
     assert per["count_all"].sum() == res["tokens"]["all"]
     assert "all_latents" in stdout and "scored tokens" in stdout
 
-    (stdout, stderr), rc = done["inspect"]
+    rc, stdout, stderr = done["inspect"]
     assert rc == 0, stderr[-3000:]
     res = json.loads(inspect_json.read_text())
     assert res["tokens"] and all(len(r["top"]) <= 2 for r in res["tokens"])

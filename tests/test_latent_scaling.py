@@ -1,7 +1,4 @@
 """Latent Scaling: reference fixtures, a planted-β problem, a brute-force transcription, sharding."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -340,10 +337,10 @@ SHARDED_SCRIPT = textwrap.dedent(r"""
 """)
 
 
-def test_sharded_8_devices_matches_single_device(fixtures_dir):
-    env = dict(os.environ, XLA_FLAGS=fake_devices(8), JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(fixtures_dir)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "SHARDED_OK" in proc.stdout
-    print(proc.stdout.strip().splitlines()[-1])  # worst float32 relative difference, 8 vs 1 device
+def test_sharded_8_devices_matches_single_device(fixtures_dir, tmp_path, cli_runner):
+    (tmp_path / "sharded.py").write_text(SHARDED_SCRIPT)
+    rc, out, err = cli_runner.run([tmp_path / "sharded.py", fixtures_dir], cwd=tmp_path, timeout=300,
+                                  env=dict(XLA_FLAGS=fake_devices(8)))
+    assert rc == 0, out[-3000:] + err[-3000:]
+    assert "SHARDED_OK" in out
+    print(out.strip().splitlines()[-1])  # worst float32 relative difference, 8 vs 1 device

@@ -1,11 +1,10 @@
 """A TPU-pod rehearsal on CPU: 4 processes × 2 fake devices train with jax.distributed, exactly
-as `tpu/run.sh` launches `experiments/train.py` on every worker (same script, same flags), from
+as `tpu/run.sh` launches `experiments/train.py` on every worker (same script, same flags; each a
+process forked by the tests' `cli_runner` server, which saves the imports), from
 an extraction store to an exported crosscoder; the result equals a 1-process run on the same data.
 """
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +27,20 @@ def _env(**extra):
     return env
 
 
-def test_four_process_pod_rehearsal(tmp_path):
+def test_four_process_pod_rehearsal(tmp_path, cli_runner):
     import extract_helpers as H
 
     base, chat = H.build_tiny_model_pair(tmp_path / "models", "llama")
     text, conv = H.write_local_datasets(tmp_path / "data")
     store = tmp_path / "store"
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "extract_activations.py"), f"--base_model={base}",
+    # every command is a real process forked by the `cli_runner` server (same script, flags, environment)
+    rc, _, err = cli_runner.run(
+        [ROOT / "experiments" / "extract_activations.py", f"--base_model={base}",
          f"--chat_model={chat}", "--layer=1", f"--dataset={text},{conv}", "--text_column=text,",
          "--chat_column=,conversation", "--max_tokens=1600", "--val_max_tokens=320", "--seq_len=48",
          "--dtype=float32", "--chunk_rows=64", f"--out={store}"],
-        capture_output=True, text=True, env=_env(), timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+        cwd=ROOT, env=_env())
+    assert rc == 0, err[-3000:]
 
     # the flags tpu/run.sh would pass to every worker
     flags = [f"--config={ROOT / 'experiments' / 'configs' / 'tiny.py'}", "--config.data.synthetic=False",
@@ -48,22 +48,21 @@ def test_four_process_pod_rehearsal(tmp_path):
              "--config.model.dict_size=64", "--config.run.batch_size=64", "--config.run.steps=8",
              "--config.run.log_every=4", "--config.run.eval_every=0",
              "--config.run.checkpoint_every=4", "--config.run.async_checkpoint=False"]
-    train = [sys.executable, str(ROOT / "experiments" / "train.py")]
+    train = [ROOT / "experiments" / "train.py"]
 
     port = _free_port()
     pod = tmp_path / "pod"
-    procs = [subprocess.Popen(train + flags + [f"--workdir={pod}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="4",
-                                                  JAX_PROCESS_ID=str(i)))
-             for i in range(4)]
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    jobs = [cli_runner.start(train + flags + [f"--workdir={pod}"], cwd=ROOT, timeout=900,
+                             env=_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="4",
+                                      JAX_PROCESS_ID=str(i)))
+            for i in range(4)]
+    outs = [j.wait() for j in jobs]
+    for rc, _, err in outs:
+        assert rc == 0, err[-3000:]
 
     single = tmp_path / "single"
-    r = subprocess.run(train + flags + [f"--workdir={single}"], capture_output=True, text=True, env=_env(),
-                       timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    rc, _, err = cli_runner.run(train + flags + [f"--workdir={single}"], cwd=ROOT, env=_env(), timeout=900)
+    assert rc == 0, err[-3000:]
 
     a = load_file(str(pod / "export" / "model.safetensors"))
     b = load_file(str(single / "export" / "model.safetensors"))
@@ -71,4 +70,4 @@ def test_four_process_pod_rehearsal(tmp_path):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
     # only process 0 wrote metrics; the mesh spanned all 8 devices of the 4 processes
     assert (pod / "metrics.jsonl").read_text().count('"step": 7') == 1  # one row per log step
-    assert "'data': 4, 'latent': 2" in "".join(err for _, err in outs)
+    assert "'data': 4, 'latent': 2" in "".join(err for _, _, err in outs)

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import jaxcoders  # noqa: E402
-from fork_runner import ForkRunners, in_repo_env  # noqa: E402
+from fork_runner import ForkRunner, in_repo_env  # noqa: E402
 from jaxcoders.files import OutputExistsError, check_output_dir, claim_output_dir  # noqa: E402
 from jaxcoders.locks import LOCK_NAME, DirectoryLock, LockHeld  # noqa: E402
 
@@ -45,7 +45,7 @@ def _env() -> dict:
     return in_repo_env()
 
 
-RUNNERS: Optional[ForkRunners] = None  # set by the `results` fixture
+RUNNERS: Optional[ForkRunner] = None  # set by the `results` fixture
 
 
 def _cli(argv: list, cwd, env: Optional[dict] = None) -> tuple[int, str, str]:
@@ -391,7 +391,7 @@ def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("reliability")
     base = root / "base"
     base.mkdir()
-    with ForkRunners(3, env=_env()) as RUNNERS:
+    with ForkRunner(env=_env()) as RUNNERS:  # three commands at a time
         _prepare_base(base)
         with ThreadPoolExecutor(max_workers=3) as pool:
             futures = {c.name: pool.submit(_run_case, c, base, root) for c in CASES}
@@ -580,7 +580,7 @@ def test_disk_full_before_a_checkpoint(monkeypatch, tmp_path):
     resume.check_room_for_checkpoint(str(tmp_path), state, 20)  # control: room enough
 
 
-def test_disk_full_during_training_on_a_small_filesystem(tmp_path):
+def test_disk_full_during_training_on_a_small_filesystem(tmp_path, cli_runner):
     """A real full disk (a 12 MB tmpfs; needs the right to mount, else skipped): one error line, the
     earlier checkpoints intact, and the rerun with room resumes from them to the same bytes as an
     uninterrupted run."""
@@ -592,19 +592,17 @@ def test_disk_full_during_training_on_a_small_filesystem(tmp_path):
         np.save(tmp_path / "acts.npy", np.random.default_rng(0).standard_normal((2000, 2, 64)).astype(np.float32))
         args = [str(EXP / "train.py"), *TRAIN_FLAGS, "--config.model.dict_size=2048", "--config.run.steps=60",
                 "--config.run.eval_every=0", f"--config.data.acts={tmp_path / 'acts.npy'}"]
-        p = subprocess.run([sys.executable, *args, f"--workdir={mnt / 'w'}"], env=_env(), capture_output=True, text=True,
-                           timeout=300)
-        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
-        assert p.stderr.strip().splitlines()[-1].startswith("error: checkpoint ") and "MB are free" in p.stderr
+        rc, _, err = cli_runner.run([*args, f"--workdir={mnt / 'w'}"], cwd=tmp_path, env=_env(), timeout=300)
+        assert rc == 2 and "Traceback" not in err, err[-3000:]
+        assert err.strip().splitlines()[-1].startswith("error: checkpoint ") and "MB are free" in err
         kept = sorted(int(s.name) for s in (mnt / "w" / "checkpoints").iterdir())
         assert kept and all(s % 10 == 0 for s in kept)
         shutil.copytree(mnt / "w", tmp_path / "w")  # room again: the same command resumes from the last one
-        p = subprocess.run([sys.executable, *args, f"--workdir={tmp_path / 'w'}"], env=_env(), capture_output=True,
-                           text=True, timeout=300)
-        assert p.returncode == 0 and f"at step {kept[-1]}" in p.stderr, p.stderr[-3000:]
-        p = subprocess.run([sys.executable, *args, f"--workdir={tmp_path / 'ref'}"], env=_env(), capture_output=True,
-                           text=True, timeout=300)  # uninterrupted
-        assert p.returncode == 0, p.stderr[-2000:]
+        rc, _, err = cli_runner.run([*args, f"--workdir={tmp_path / 'w'}"], cwd=tmp_path, env=_env(), timeout=300)
+        assert rc == 0 and f"at step {kept[-1]}" in err, err[-3000:]
+        rc, _, err = cli_runner.run([*args, f"--workdir={tmp_path / 'ref'}"], cwd=tmp_path, env=_env(),
+                                    timeout=300)  # uninterrupted
+        assert rc == 0, err[-2000:]
         for name in ("model.safetensors", "config.json"):
             assert (tmp_path / "w" / "export" / name).read_bytes() == (tmp_path / "ref" / "export" / name).read_bytes()
     finally:

@@ -4,11 +4,7 @@ Compile time dominates on CPU, so each (shape, method) is compiled once with a t
 many inputs and k values. The sharded test runs in a subprocess with 8 fake CPU devices
 (XLA_FLAGS must be set before jax is imported).
 """
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -265,10 +261,7 @@ def test_row_topk_mask_equals_lax_top_k_rows():
     assert np.asarray(fn(jnp.asarray(x), 3))[0].tolist() == [True] * 3 + [False] * 5
 
 
-def test_sharded_equals_unsharded_on_8_devices():
-    env = dict(os.environ, XLA_FLAGS=fake_devices(8), JAX_PLATFORMS="cpu")
-    root = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    res = subprocess.run([sys.executable, "-c", _SHARDED], env=env, cwd=root, capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0 and "SHARDED_OK" in res.stdout, res.stdout[-3000:] + res.stderr[-5000:]
+def test_sharded_equals_unsharded_on_8_devices(tmp_path, cli_runner):
+    (tmp_path / "sharded.py").write_text(_SHARDED)
+    rc, out, err = cli_runner.run([tmp_path / "sharded.py"], cwd=tmp_path, env=dict(XLA_FLAGS=fake_devices(8)))
+    assert rc == 0 and "SHARDED_OK" in out, out[-3000:] + err[-5000:]

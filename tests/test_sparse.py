@@ -214,11 +214,8 @@ def test_decoder_mode_resolution():
         TrainConfig(decoder_mode="fast")
 
 
-def test_sparse_step_on_a_mesh_equals_single_device():
+def test_sparse_step_on_a_mesh_equals_single_device(tmp_path, cli_runner):
     """8 fake CPU devices, mesh 4x2: the explicit sparse path matches the 1-device dense step."""
-    import os
-    import subprocess
-    import sys
     import textwrap
 
     script = textwrap.dedent("""
@@ -251,7 +248,6 @@ def test_sparse_step_on_a_mesh_equals_single_device():
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
         print("OK")
     """)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=fake_devices(8))
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+    (tmp_path / "mesh.py").write_text(script)
+    rc, out, err = cli_runner.run([tmp_path / "mesh.py"], cwd=tmp_path, env=dict(XLA_FLAGS=fake_devices(8)))
+    assert rc == 0 and "OK" in out, err[-3000:]

@@ -2,7 +2,6 @@
 same scalars as metrics.jsonl; a resumed writer purges the steps it will rewrite."""
 import json
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,15 +38,14 @@ def scalars(events) -> dict:
     return out
 
 
-def test_trainer_writes_metrics_as_tensorboard_scalars(tmp_path):
+def test_trainer_writes_metrics_as_tensorboard_scalars(tmp_path, cli_runner):
     wd = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "experiments" / "train.py"), f"--config={ROOT / 'experiments/configs/tiny.py'}",
+    cmd = [str(ROOT / "experiments" / "train.py"), f"--config={ROOT / 'experiments/configs/tiny.py'}",
            f"--workdir={wd}", "--config.model.dict_size=64", "--config.run.batch_size=64", "--config.run.steps=8",
            "--config.run.log_every=2", "--config.run.eval_every=4", "--config.run.checkpoint_every=4",
            "--config.run.async_checkpoint=False", "--config.run.tensorboard=True"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                       env={**__import__("os").environ, "CI": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})
-    assert r.returncode == 0, r.stderr[-3000:]
+    rc, _, err = cli_runner.run(cmd, cwd=ROOT)
+    assert rc == 0, err[-3000:]
     rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
     got = scalars(read_events(wd / "tensorboard"))
     train_rows = [row for row in rows if "loss" in row]

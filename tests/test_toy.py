@@ -1,8 +1,5 @@
 """Planted synthetic data: generator statistics, recovery by every architecture, the benchmark CLI."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,12 +73,11 @@ def test_every_architecture_recovers_planted_shared_features(arch):
     assert np.mean(after > 0.9) >= 0.7, (arch, np.round(after, 3))
 
 
-def test_toy_benchmark_cli_small(tmp_path):
+def test_toy_benchmark_cli_small(tmp_path, cli_runner):
     out = tmp_path / "toy"
-    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "toy.py"), f"--out={out}", "--steps=150",
-                        "--dict_size=64", "--etas=1.0,2.0"], capture_output=True, text=True,
-                       env=dict(os.environ, CI="1"), timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    rc, _, err = cli_runner.run([ROOT / "experiments" / "toy.py", f"--out={out}", "--steps=150", "--dict_size=64",
+                                 "--etas=1.0,2.0"], cwd=ROOT, timeout=900)
+    assert rc == 0, err[-3000:]
     rows = json.loads((out / "toy_results.json").read_text())
     assert [row["crosscoder"] for row in rows][:2] == ["L1 (μ=0.08)", "BatchTopK (k=4)"]
     assert len(rows) == 5 and (out / "toy_table.md").exists() and (out / "toy_table.png").exists()

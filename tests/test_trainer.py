@@ -3,8 +3,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -36,18 +34,19 @@ def acts_file(tmp_path_factory):
 
 
 def _train_cmd(workdir, acts, steps=12, extra=()):
-    return [sys.executable, TRAIN, f"--config={TINY}", f"--workdir={workdir}", "--config.data.synthetic=False",
+    """argv of experiments/train.py (run by the `cli_runner` fork server: a real process per command)."""
+    return [TRAIN, f"--config={TINY}", f"--workdir={workdir}", "--config.data.synthetic=False",
             f"--config.data.acts={acts}", f"--config.run.steps={steps}", "--config.run.log_every=2",
             "--config.run.eval_every=4", "--config.run.checkpoint_every=4", "--config.run.batch_size=128",
             "--config.run.async_checkpoint=False", *extra]
 
 
 @pytest.fixture(scope="module")
-def ref_run(tmp_path_factory, acts_file):
+def ref_run(tmp_path_factory, acts_file, cli_runner):
     """One uninterrupted single-process run, shared by the tests below."""
     wd = tmp_path_factory.mktemp("ref") / "run"
-    r = subprocess.run(_train_cmd(wd, acts_file), capture_output=True, text=True, env=_env(), timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    rc, _, err = cli_runner.run(_train_cmd(wd, acts_file), cwd=ROOT, env=_env())
+    assert rc == 0, err[-3000:]
     return wd
 
 
@@ -57,7 +56,7 @@ def _weights(workdir):
                                                  "threshold")}
 
 
-def test_sharded_step_equals_single_device():
+def test_sharded_step_equals_single_device(tmp_path, cli_runner):
     """8 fake CPU devices, several meshes: losses, selections and updated params equal 1 device.
     Every mesh shape runs the BatchTopK crosscoder; the other variants run two or one of them (each
     mesh runs with both architectures), which keeps the compiles to 9 instead of 16."""
@@ -113,9 +112,9 @@ def test_sharded_step_equals_single_device():
                 assert s.params.w_enc_MDF.sharding.spec == shd.param_specs().w_enc_MDF
         print("OK")
     """)
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                       env=_env(XLA_FLAGS=fake_devices(8)))
-    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+    (tmp_path / "sharded.py").write_text(script)
+    rc, out, err = cli_runner.run([tmp_path / "sharded.py"], cwd=tmp_path, env=_env(XLA_FLAGS=fake_devices(8)))
+    assert rc == 0 and "OK" in out, err[-3000:]
 
 
 def _free_port():
@@ -124,18 +123,17 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process(tmp_path, acts_file, ref_run):
+def test_two_processes_equal_one_process(tmp_path, acts_file, ref_run, cli_runner):
     """2 local processes with jax.distributed train on the same global batches as 1 process."""
     one = ref_run
     two = tmp_path / "two"
     port = _free_port()
-    procs = [subprocess.Popen(_train_cmd(two, acts_file, steps=12), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                                                  JAX_PROCESS_ID=str(i)))
-             for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    jobs = [cli_runner.start(_train_cmd(two, acts_file, steps=12), cwd=ROOT,
+                             env=_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                      JAX_PROCESS_ID=str(i)))
+            for i in range(2)]
+    for rc, _, err in [j.wait() for j in jobs]:
+        assert rc == 0, err[-3000:]
     a, b = _weights(one), _weights(two)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=k)
@@ -144,19 +142,19 @@ def test_two_processes_equal_one_process(tmp_path, acts_file, ref_run):
     assert len(steps) == len(set((s, i) for i, s in enumerate(steps)))
 
 
-def test_sigkill_and_resume_is_bitwise(tmp_path, acts_file, ref_run):
+def test_sigkill_and_resume_is_bitwise(tmp_path, acts_file, ref_run, cli_runner):
     ref = ref_run
     wd = tmp_path / "killed"
     rng = np.random.default_rng()
     kill_after = int(rng.choice([4, 8]))  # a checkpoint step, then some more progress
-    p = subprocess.Popen(_train_cmd(wd, acts_file), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    job = cli_runner.start(_train_cmd(wd, acts_file), cwd=ROOT, env=_env())
     deadline = time.time() + 300
-    while time.time() < deadline and not (wd / "checkpoints" / str(kill_after)).exists() and p.poll() is None:
+    while time.time() < deadline and not (wd / "checkpoints" / str(kill_after)).exists() and job.rc is None:
         time.sleep(0.02)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    r = subprocess.run(_train_cmd(wd, acts_file), capture_output=True, text=True, env=_env(), timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    os.kill(job.pid, signal.SIGKILL)
+    assert job.wait()[0] in (-signal.SIGKILL, 0)
+    rc, _, err = cli_runner.run(_train_cmd(wd, acts_file), cwd=ROOT, env=_env())
+    assert rc == 0, err[-3000:]
     a, b = _weights(ref), _weights(wd)
     for k in a:
         assert a[k].tobytes() == b[k].tobytes(), k  # bitwise on CPU
@@ -168,25 +166,24 @@ def test_sigkill_and_resume_is_bitwise(tmp_path, acts_file, ref_run):
     assert [r_.get("loss") for r_ in ref_rows] == [r_.get("loss") for r_ in rows]
 
 
-def test_sigterm_checkpoints_and_resumes(tmp_path, acts_file):
+def test_sigterm_checkpoints_and_resumes(tmp_path, acts_file, cli_runner):
     wd = tmp_path / "term"
-    p = subprocess.Popen(_train_cmd(wd, acts_file, steps=400, extra=["--config.run.checkpoint_every=1000"]),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    job = cli_runner.start(_train_cmd(wd, acts_file, steps=400, extra=["--config.run.checkpoint_every=1000"]),
+                           cwd=ROOT, env=_env())
     deadline = time.time() + 300
     while time.time() < deadline and not (wd / "metrics.jsonl").exists():
         time.sleep(0.05)
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err[-2000:]
+    os.kill(job.pid, signal.SIGTERM)
+    rc, _, err = job.wait(300)
+    assert rc == 0, err[-2000:]
     saved = [int(d.name) for d in (wd / "checkpoints").iterdir() if d.name.isdigit()]
     assert saved and max(saved) < 400  # stopped early with a checkpoint
     assert not (wd / "export").exists()
 
 
-def test_bad_input_errors(tmp_path, acts_file, ref_run):
-    r = subprocess.run(_train_cmd(ref_run, acts_file, extra=["--config.model.k=8"]), capture_output=True,
-                       text=True, env=_env(), timeout=600)
-    assert r.returncode != 0 and "different config" in r.stderr and "model.k" in r.stderr
+def test_bad_input_errors(tmp_path, acts_file, ref_run, cli_runner):
+    rc, _, err = cli_runner.run(_train_cmd(ref_run, acts_file, extra=["--config.model.k=8"]), cwd=ROOT, env=_env())
+    assert rc != 0 and "different config" in err and "model.k" in err
 
     from jaxcoders.training import sharding as shd
     from jaxcoders.config import CrossCoderConfig
