@@ -53,7 +53,11 @@ def child(req):
             os.close(f)
         sys.argv = list(req["argv"])
         try:
-            runpy.run_path(req["argv"][0], run_name="__main__")
+            if sys.argv[0] == "-m":  # python -m module args
+                sys.argv = sys.argv[1:]
+                runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(req["argv"][0], run_name="__main__")
             code = 0
         except SystemExit as e:
             if e.code is None:
@@ -150,7 +154,8 @@ class ForkRunner:
         self._ready.set()
 
     def start(self, argv: list, *, cwd, env: Optional[dict] = None, timeout: float = 600) -> Job:
-        """Start `python argv[0] argv[1:]` in `cwd` with `env` added; returns once it runs (with its pid)."""
+        """Start `python argv[0] argv[1:]` (argv[0] "-m": `python -m argv[1] argv[2:]`) in `cwd` with `env` added;
+        returns once it runs (with its pid)."""
         if not self._ready.wait(120) or self.proc.poll() is not None:
             raise RuntimeError("fork server did not start")
         with self._lock:

@@ -21,7 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 
 
-def _jaxcoders(*args, timeout=120):
+def _jaxcoders(*args, runner=None, timeout=120):
+    """`python -m jaxcoders.cli.main args` (forked by the `cli_runner` server when one is given)."""
+    if runner is not None:
+        rc, out, err = runner.run(["-m", "jaxcoders.cli.main", *args], cwd=ROOT, timeout=timeout)
+        return subprocess.CompletedProcess(args, rc, out, err)
     return subprocess.run([sys.executable, "-m", "jaxcoders.cli.main", *args], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -105,12 +109,12 @@ def test_presets_resolve_by_name_and_list_their_fields(preset):
     (["--config=tiny"], "--workdir is required"),
     (["--workdir=/tmp/x"], "--config is required"),
 ])
-def test_train_bad_input_one_error_line(tmp_path, args, msg):
+def test_train_bad_input_one_error_line(tmp_path, args, msg, cli_runner):
     workdir = tmp_path / "run"
     args = [a if a != "--workdir=/tmp/x" else f"--workdir={workdir}" for a in args]
     if not any(a.startswith("--workdir") for a in args) and msg != "--workdir is required":
         args.append(f"--workdir={workdir}")
-    p = _jaxcoders("train", *args)
+    p = _jaxcoders("train", *args, runner=cli_runner)
     assert p.returncode == 2, p.stderr[-2000:]
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and msg in last, p.stderr[-2000:]

@@ -442,13 +442,7 @@ def test_bad_spec_is_one_message_in_the_page(world, monkeypatch):
 # ----------------------------------------------------------------------------- the command line
 
 
-def _cli(*args):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, str(ROOT / "experiments" / "dashboard.py"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-
-
-def test_command_line_errors(world):
+def test_command_line_errors(world, cli_runner):
     import socket
 
     s = world["spec"]
@@ -467,11 +461,13 @@ def test_command_line_errors(world):
         "flags": (flags[:2], 2, "error: missing --chat_model, --layer"),
         "demo": (["--demo_out=" + str(world["tmp"])], 2, "holds no report/summary.json"),
     }
-    procs = {k: _cli(*a) for k, (a, _, _) in cases.items()}
+    # side by side, each a process forked by the `cli_runner` server (as `python experiments/dashboard.py`)
+    procs = {k: cli_runner.start([ROOT / "experiments" / "dashboard.py", *a], cwd=ROOT, timeout=300)
+             for k, (a, _, _) in cases.items()}
     try:
         for k, (_, rc, msg) in cases.items():
-            out, err = procs[k].communicate(timeout=300)
-            assert procs[k].returncode == rc, (k, err[-2000:])
+            got, out, err = procs[k].wait()
+            assert got == rc, (k, err[-2000:])
             text = out if rc == 0 else err
             assert msg in text, (k, text[-2000:])
             assert ("warning: --host=0.0.0.0 lets other machines open this dashboard" in err) == (k == "exposed")
@@ -479,15 +475,12 @@ def test_command_line_errors(world):
                 assert len([ln for ln in err.splitlines() if ln.strip()]) == 1 and "Traceback" not in err, (k, err)
     finally:
         busy.close()
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
 
 
 # ----------------------------------------------------------------------------- on a demo output
 
 
-def test_on_the_demo_output(demo_small, monkeypatch, tmp_path):
+def test_on_the_demo_output(demo_small, monkeypatch, tmp_path, cli_runner):
     """`--demo_out` of the shared `experiments/demo.py --small` run: the command serves on 127.0.0.1;
     a chat-only latent's page, a "password" prompt and steering work in seconds per interaction."""
     import time
@@ -501,14 +494,15 @@ def test_on_the_demo_output(demo_small, monkeypatch, tmp_path):
     port, serve_port = I.free_port(), I.free_port()
     while serve_port == port:
         serve_port = I.free_port()
-    dry = _cli(f"--demo_out={out}", f"--port={port}", "--dry_run")
+    dry = cli_runner.start([ROOT / "experiments" / "dashboard.py", f"--demo_out={out}", f"--port={port}", "--dry_run"],
+                           cwd=ROOT, timeout=300)
     log = open(tmp_path / "server.log", "w")
     srv = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "dashboard.py"), f"--demo_out={out}",
                             f"--port={serve_port}"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                            env=dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1"))
     try:
-        stdout, err = dry.communicate(timeout=300)
-        assert dry.returncode == 0, err[-2000:]
+        rc, stdout, err = dry.wait()
+        assert rc == 0, err[-2000:]
         spec = I.resolved(I.spec_from_demo(out), I.check_spec(I.spec_from_demo(out)))
         assert f"would serve on http://127.0.0.1:{port}/" in stdout and "--server.address 127.0.0.1" in stdout
         assert json.loads(stdout.split(f"{SPEC_ENV}=", 1)[1].splitlines()[0].strip("'"))["crosscoder"] == spec.crosscoder
@@ -562,13 +556,12 @@ def test_on_the_demo_output(demo_small, monkeypatch, tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{serve_port}/", timeout=10) as r:
             assert r.status == 200 and b"<html" in r.read().lower()
     finally:
-        for p in (dry, srv):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        if srv.poll() is None:
+            srv.terminate()
+            try:
+                srv.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                srv.kill()
         log.close()
     served = (tmp_path / "server.log").read_text()
     assert f"serving on http://127.0.0.1:{serve_port}/" in served and "Traceback" not in served

@@ -15,12 +15,11 @@ import jaxcoders
 ROOT = Path(__file__).resolve().parents[1]
 
 
-from conftest import run_demo_cli as _run
-
-
-def test_demo_synthetic_small(tmp_path):
+def test_demo_synthetic_small(tmp_path, cli_runner):
     out = tmp_path / "demo"
-    _run(["--synthetic", f"--out={out}", "--steps=300", "--dict_size=128"])
+    rc, _, err = cli_runner.run([ROOT / "experiments" / "demo.py", "--synthetic", f"--out={out}", "--steps=300",
+                                 "--dict_size=128"], cwd=tmp_path)
+    assert rc == 0, err[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert (out / "summary.md").read_text().startswith("# jaxcoders demo")
     for arch in ("l1", "batchtopk"):
