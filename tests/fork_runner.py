@@ -56,6 +56,9 @@ def child(req):
             if sys.argv[0] == "-m":  # python -m module args
                 sys.argv = sys.argv[1:]
                 runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+            elif sys.argv[0] == "-c":  # python -c code args
+                code_text, sys.argv = sys.argv[1], ["-c", *sys.argv[2:]]
+                exec(compile(code_text, "<string>", "exec"), {"__name__": "__main__"})
             else:
                 runpy.run_path(req["argv"][0], run_name="__main__")
             code = 0
@@ -106,8 +109,8 @@ while not (eof and not running):
 class Job:
     """A command started by `ForkRunner.start`: `.pid` (a real process: it can be signalled), `.wait()`."""
 
-    def __init__(self, runner: "ForkRunner", rid: int, out: Path, err: Path):
-        self._runner, self.id, self._out, self._err = runner, rid, out, err
+    def __init__(self, rid: int, out: Path, err: Path):
+        self.id, self._out, self._err = rid, out, err
         self.pid: Optional[int] = None
         self.rc: Optional[int] = None
         self._started, self._done = threading.Event(), threading.Event()
@@ -154,15 +157,15 @@ class ForkRunner:
         self._ready.set()
 
     def start(self, argv: list, *, cwd, env: Optional[dict] = None, timeout: float = 600) -> Job:
-        """Start `python argv[0] argv[1:]` (argv[0] "-m": `python -m argv[1] argv[2:]`) in `cwd` with `env` added;
-        returns once it runs (with its pid)."""
+        """Start `python argv[0] argv[1:]` (argv[0] "-m" or "-c": `python -m module ...`, `python -c code ...`)
+        in `cwd` with `env` added; returns once it runs (with its pid)."""
         if not self._ready.wait(120) or self.proc.poll() is not None:
             raise RuntimeError("fork server did not start")
         with self._lock:
             self._n += 1
             rid = self._n
             out, err = (Path(self._tmp) / f"{rid}.{k}" for k in ("out", "err"))
-            job = self._jobs[rid] = Job(self, rid, out, err)
+            job = self._jobs[rid] = Job(rid, out, err)
             req = {"id": rid, "argv": [str(a) for a in argv], "cwd": str(cwd),
                    "env": {k: str(v) for k, v in (env or {}).items()}, "stdout": str(out), "stderr": str(err),
                    "timeout": timeout}

@@ -6,7 +6,6 @@ import enum
 import os
 import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -21,26 +20,23 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 
 
-def _jaxcoders(*args, runner=None, timeout=120):
-    """`python -m jaxcoders.cli.main args` (forked by the `cli_runner` server when one is given)."""
-    if runner is not None:
-        rc, out, err = runner.run(["-m", "jaxcoders.cli.main", *args], cwd=ROOT, timeout=timeout)
-        return subprocess.CompletedProcess(args, rc, out, err)
-    return subprocess.run([sys.executable, "-m", "jaxcoders.cli.main", *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+def _jaxcoders(runner, *args, timeout=120):
+    """`python -m jaxcoders.cli.main args`, forked by the `cli_runner` server."""
+    rc, out, err = runner.run(["-m", "jaxcoders.cli.main", *args], cwd=ROOT, timeout=timeout)
+    return subprocess.CompletedProcess(args, rc, out, err)
 
 
-def test_every_command_answers_help():
-    p = _jaxcoders("--help")
+def test_every_command_answers_help(cli_runner):
+    p = _jaxcoders(cli_runner, "--help")
     assert p.returncode == 0 and all(name in p.stdout for name in COMMANDS)
     for name, (module, _) in COMMANDS.items():
-        p = _jaxcoders(name, "--help")
+        p = _jaxcoders(cli_runner, name, "--help")
         assert p.returncode == 0, (name, p.stderr[-2000:])
         source = (ROOT / "jaxcoders" / "cli" / f"{module}.py").read_text()
         doc = ast.get_docstring(ast.parse(source)).strip().splitlines()[0]  # importing would define flags
         assert doc in p.stdout, (name, p.stdout[:500])
         assert f"jaxcoders.cli.{module}:\n  --" in p.stdout, (name, "--help must list the command's flags")
-    p = _jaxcoders("nope")
+    p = _jaxcoders(cli_runner, "nope")
     assert p.returncode == 2 and p.stderr.strip().startswith("error: unknown command 'nope'")
 
 
@@ -89,8 +85,8 @@ def test_the_schema_is_the_dataclasses():
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_presets_resolve_by_name_and_list_their_fields(preset):
-    p = _jaxcoders("train", f"--config={preset}", "--config_help")
+def test_presets_resolve_by_name_and_list_their_fields(preset, cli_runner):
+    p = _jaxcoders(cli_runner, "train", f"--config={preset}", "--config_help")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "--config.model.dict_size" in p.stdout and "(this config:" in p.stdout
     module = __import__(f"jaxcoders.configs.{preset}", fromlist=["_"])
@@ -114,7 +110,7 @@ def test_train_bad_input_one_error_line(tmp_path, args, msg, cli_runner):
     args = [a if a != "--workdir=/tmp/x" else f"--workdir={workdir}" for a in args]
     if not any(a.startswith("--workdir") for a in args) and msg != "--workdir is required":
         args.append(f"--workdir={workdir}")
-    p = _jaxcoders("train", *args, runner=cli_runner)
+    p = _jaxcoders(cli_runner, "train", *args)
     assert p.returncode == 2, p.stderr[-2000:]
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and msg in last, p.stderr[-2000:]

@@ -338,8 +338,7 @@ SHARDED_SCRIPT = textwrap.dedent(r"""
 
 
 def test_sharded_8_devices_matches_single_device(fixtures_dir, tmp_path, cli_runner):
-    (tmp_path / "sharded.py").write_text(SHARDED_SCRIPT)
-    rc, out, err = cli_runner.run([tmp_path / "sharded.py", fixtures_dir], cwd=tmp_path, timeout=300,
+    rc, out, err = cli_runner.run(["-c", SHARDED_SCRIPT, fixtures_dir], cwd=tmp_path, timeout=300,
                                   env=dict(XLA_FLAGS=fake_devices(8)))
     assert rc == 0, out[-3000:] + err[-3000:]
     assert "SHARDED_OK" in out

@@ -45,7 +45,7 @@ def _env() -> dict:
     return in_repo_env()
 
 
-RUNNERS: Optional[ForkRunner] = None  # set by the `results` fixture
+RUNNERS: Optional[ForkRunner] = None  # the session's fork server (`cli_runner`), set by the `results` fixture
 
 
 def _cli(argv: list, cwd, env: Optional[dict] = None) -> tuple[int, str, str]:
@@ -386,16 +386,16 @@ def _run_case(case: Case, base: Path, root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def results(tmp_path_factory, cli_runner):
     global RUNNERS
+    RUNNERS = cli_runner  # its environment is `_env()`; three commands at a time below
     root = tmp_path_factory.mktemp("reliability")
     base = root / "base"
     base.mkdir()
-    with ForkRunner(env=_env()) as RUNNERS:  # three commands at a time
-        _prepare_base(base)
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            futures = {c.name: pool.submit(_run_case, c, base, root) for c in CASES}
-            return {name: f.result() for name, f in futures.items()}
+    _prepare_base(base)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {c.name: pool.submit(_run_case, c, base, root) for c in CASES}
+        return {name: f.result() for name, f in futures.items()}
 
 
 def _table(results: dict, root: Path) -> str:

@@ -262,6 +262,5 @@ def test_row_topk_mask_equals_lax_top_k_rows():
 
 
 def test_sharded_equals_unsharded_on_8_devices(tmp_path, cli_runner):
-    (tmp_path / "sharded.py").write_text(_SHARDED)
-    rc, out, err = cli_runner.run([tmp_path / "sharded.py"], cwd=tmp_path, env=dict(XLA_FLAGS=fake_devices(8)))
+    rc, out, err = cli_runner.run(["-c", _SHARDED], cwd=tmp_path, env=dict(XLA_FLAGS=fake_devices(8)))
     assert rc == 0 and "SHARDED_OK" in out, out[-3000:] + err[-5000:]

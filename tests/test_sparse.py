@@ -248,6 +248,5 @@ def test_sparse_step_on_a_mesh_equals_single_device(tmp_path, cli_runner):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
         print("OK")
     """)
-    (tmp_path / "mesh.py").write_text(script)
-    rc, out, err = cli_runner.run([tmp_path / "mesh.py"], cwd=tmp_path, env=dict(XLA_FLAGS=fake_devices(8)))
+    rc, out, err = cli_runner.run(["-c", script], cwd=tmp_path, env=dict(XLA_FLAGS=fake_devices(8)))
     assert rc == 0 and "OK" in out, err[-3000:]

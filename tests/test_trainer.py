@@ -56,7 +56,7 @@ def _weights(workdir):
                                                  "threshold")}
 
 
-def test_sharded_step_equals_single_device(tmp_path, cli_runner):
+def test_sharded_step_equals_single_device(cli_runner):
     """8 fake CPU devices, several meshes: losses, selections and updated params equal 1 device.
     Every mesh shape runs the BatchTopK crosscoder; the other variants run two or one of them (each
     mesh runs with both architectures), which keeps the compiles to 9 instead of 16."""
@@ -112,8 +112,7 @@ def test_sharded_step_equals_single_device(tmp_path, cli_runner):
                 assert s.params.w_enc_MDF.sharding.spec == shd.param_specs().w_enc_MDF
         print("OK")
     """)
-    (tmp_path / "sharded.py").write_text(script)
-    rc, out, err = cli_runner.run([tmp_path / "sharded.py"], cwd=tmp_path, env=_env(XLA_FLAGS=fake_devices(8)))
+    rc, out, err = cli_runner.run(["-c", script], cwd=ROOT, env=_env(XLA_FLAGS=fake_devices(8)))
     assert rc == 0 and "OK" in out, err[-3000:]
 
 
