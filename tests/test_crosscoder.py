@@ -172,3 +172,49 @@ def test_normalization_roundtrip_through_reference_layout(tmp_path):
     np.testing.assert_array_equal(np.asarray(back.encode(x)), np.asarray(nm.encode(x)))
     assert json.loads((tmp_path / "norm" / "config.json").read_text())["target_rms"] == 2.0
     assert back.cfg.code_normalization == CodeNormalization.CROSSCODER
+
+
+# every contraction the model math runs through `matmul` / `einsum_bf16` (dense and sparse paths),
+# with the size of each index
+BF16_EQUATIONS = ["bk,kf->bf", "bmd,mdf->bf", "bf,mfd->bmd", "bmf,mfd->bmd", "bmd,mcd->bc", "bc,bmd->mcd", "bc,bk->ck",
+                  "bmf,bmd->mfd"]
+BF16_SIZES = dict(b=48, k=24, m=2, d=12, f=40, c=16)
+
+
+@pytest.mark.parametrize("eq", BF16_EQUATIONS)
+def test_einsum_bf16_forward_and_backward_are_bf16_products_with_f32_sums(eq):
+    """compute_dtype="bfloat16": the forward multiplies the operands rounded to bf16, the backward
+    the cotangent rounded to bf16 by the rounded operands, each summed in f32 (natively on XLA:CPU
+    where its dot supports it, else widened). Checked against float64 products of the same rounded
+    values; control: the unrounded f32 operands give a different forward."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxcoders.core.ops import einsum_bf16
+
+    (sa, sb), out = eq.split("->")[0].split(","), eq.split("->")[1]
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=[BF16_SIZES[c] for c in sa]).astype(np.float32)
+    b = rng.normal(size=[BF16_SIZES[c] for c in sb]).astype(np.float32)
+    g = rng.normal(size=[BF16_SIZES[c] for c in out]).astype(np.float32)
+
+    def r16(x):
+        return np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64)
+
+    y, vjp = jax.vjp(lambda a, b: einsum_bf16(eq, a, b), a, b)
+    da, db = vjp(jnp.asarray(g))
+    assert y.dtype == da.dtype == db.dtype == jnp.float32
+    want = np.einsum(eq, r16(a), r16(b))
+    assert rel_err(y, want) < 1e-6
+    assert rel_err(da, np.einsum(f"{out},{sb}->{sa}", r16(g), r16(b))) < 1e-6
+    assert rel_err(db, np.einsum(f"{sa},{out}->{sb}", r16(a), r16(g))) < 1e-6
+    assert rel_err(np.einsum(eq, a.astype(np.float64), b.astype(np.float64)), want) > 1e-4  # control
+
+
+def test_every_native_bf16_contraction_on_cpu_is_tested():
+    """The contractions ops.bf16_product runs natively on XLA:CPU are all among those tested above
+    (with their transposes), so a new one cannot skip the check that XLA:CPU supports it."""
+    from jaxcoders.core.ops import CPU_NATIVE_BF16, _transpose_equations
+
+    tested = {e for eq in BF16_EQUATIONS for e in (eq, *_transpose_equations(eq))}
+    assert CPU_NATIVE_BF16 <= tested, sorted(CPU_NATIVE_BF16 - tested)

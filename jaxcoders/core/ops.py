@@ -52,11 +52,26 @@ def _einsum_bf16_bwd(eq, res, g):
     return da, db
 
 
+# The bf16 x bf16 -> f32 contractions XLA:CPU runs natively and faster than in f32 (jaxlib 0.10.2,
+# D=512 F=8192 B=2048, 2 cores of an AMX / AVX512-BF16 Xeon: 275-680 GFLOP/s against ~190 in f32).
+# Others either fail at run time for some shapes ("Unsupported element type for DotThunk", e.g.
+# "bmd,bc->mcd", "bmf,mfd->bmd") or run no faster than f32 ("bk,bf->kf": 105 GFLOP/s), so they are
+# widened. tests/test_crosscoder.py runs every contraction of the model math both ways.
+CPU_NATIVE_BF16 = frozenset({
+    "bk,kf->bf", "bf,kf->bk",  # the flat encoder (its dW_enc "bk,bf->kf" is widened)
+    "bmd,mdf->bf", "bf,mdf->bmd", "bmd,bf->mdf",  # the encoder
+    "bf,mfd->bmd", "bmd,mfd->bf", "bf,bmd->mfd",  # the decoder of a shared code
+    "bmf,bmd->mfd",  # dW_dec of per-model codes
+    "bmd,mcd->bc", "bc,mcd->bmd", "bc,bmd->mcd",  # sparse BatchTopK's auxk block
+    "mcd,bmd->bc", "ck,bk->bc", "bc,ck->bk",
+})
+
+
 def bf16_product(eq: str, x16: jax.Array, y16: jax.Array) -> jax.Array:
-    """bf16 x bf16 -> f32 einsum. XLA:CPU rejects some such dot forms ("Unsupported element type for
-    DotThunk"), so on CPU the bf16 values are widened first: f32 products of bf16 values are exact,
-    so the result is the same up to summation order."""
-    if jax.default_backend() == "cpu":
+    """bf16 x bf16 -> f32 einsum. On CPU, the contractions outside `CPU_NATIVE_BF16` widen the bf16
+    values to f32 first: f32 products of bf16 values are exact, so the result is the same up to
+    summation order."""
+    if jax.default_backend() == "cpu" and eq.replace(" ", "") not in CPU_NATIVE_BF16:
         return jnp.einsum(eq, x16.astype(jnp.float32), y16.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST,
                           preferred_element_type=jnp.float32)
     return jnp.einsum(eq, x16, y16, preferred_element_type=jnp.float32)
