@@ -19,12 +19,13 @@ $(STAMP): pyproject.toml Makefile
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-# two pytest workers (pytest-xdist): a module's tests stay on one worker (--dist loadfile); the
-# shared `demo --small` output is built once per run (tests/conftest.py); TEST_WORKERS=0 runs serially
+# two pytest workers (pytest-xdist): a module's tests stay on one worker (--dist loadfile), in the
+# order tests/conftest.py gives (--no-loadscope-reorder: the shared `demo --small` output, built once
+# per run, starts first, long modules next); TEST_WORKERS=0 runs serially
 TEST_WORKERS ?= 2
 
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 demo: install
 	$(PY) experiments/demo.py --out demo_out

@@ -52,14 +52,38 @@ import pytest  # noqa: E402
 FIXTURES = Path(__file__).parent / "fixtures" / "reference"
 
 
+# Seconds each module takes (`--durations=0`, summed per module, cold compilation cache, 2 workers,
+# 2026-12-06; test_paper's includes building the shared demo). Only the order they give matters.
+MODULE_SECONDS = {
+    "test_paper": 115, "test_dashboard": 49, "test_tpu_scripts": 45, "test_accelerator_check": 41,
+    "test_reliability": 41, "test_gcs_pipeline": 38, "test_sparse": 37, "test_toy": 31, "test_trainer": 29,
+    "test_report": 24, "test_benchmark": 22, "test_selection": 22, "test_pod_rehearsal": 18,
+}
+LONG_MODULE_SECONDS = 20
+
+
 def pytest_collection_modifyitems(config, items):
-    """Order for `pytest -n N --dist loadfile` (`make test`: a module's tests share one worker, so
-    its module-scoped fixtures are built once): the first module that reads the shared demo output
-    (`demo_small`) stays where it is, so the demo starts early on one worker; the other modules that
-    read it go last, when it is ready, and never sit waiting for it while other work is left."""
+    """Order for `make test` (`pytest -n 2 --dist loadfile --no-loadscope-reorder`: a module's tests
+    share one worker, so its module-scoped fixtures are built once; the workers take modules in this
+    order):
+    1. the first module that reads the shared demo output (`demo_small`), so the demo, the suite's
+       longest single job, starts at once on one worker;
+    2. the long modules (MODULE_SECONDS >= LONG_MODULE_SECONDS), longest first;
+    3. the other modules that read the demo output: by now it is ready, so they never wait for it;
+    4. the short modules, so that both workers run out of work at about the same time."""
     users = [it.module.__name__ for it in items if "demo_small" in getattr(it, "fixturenames", ())]
-    late = set(users[1:]) - {users[0]} if users else set()
-    items.sort(key=lambda it: it.module.__name__ in late)  # stable: the order within each part is kept
+    first = users[0] if users else None
+
+    def key(it):
+        name = it.module.__name__
+        secs = MODULE_SECONDS.get(name, 0)
+        if name == first:
+            return (0, 0)
+        if name in users:
+            return (2, -secs)
+        return (1, -secs) if secs >= LONG_MODULE_SECONDS else (3, 0)
+
+    items.sort(key=key)  # stable: the order within a module, and among the short ones, is kept
 
 
 @pytest.fixture(scope="session")

@@ -465,7 +465,7 @@ def test_capacity_memory_model_agrees_with_the_compiled_step():
     assert worst > 0.2
 
 
-def test_weak_scaling_script_runs_real_multi_process_training(tmp_path):
+def test_weak_scaling_script_runs_real_multi_process_training(tmp_path, cli_runner):
     """tpu/weak_scaling.py: P local processes with jax.distributed run experiments/train.py; the
     rows it reports come from process 0's metrics.jsonl (one per P, global batch = P × per-process)."""
     out = tmp_path / "ws"
@@ -480,12 +480,11 @@ def test_weak_scaling_script_runs_real_multi_process_training(tmp_path):
         metrics = (out / f"p{row['processes']}" / "metrics.jsonl").read_text()
         assert metrics.count('"step": 5') == 1  # only process 0 wrote metrics
     assert "| processes | global batch | tokens/s" in r.stdout
-    bad = subprocess.run([sys.executable, str(TPU / "weak_scaling.py"), "--processes=0"], capture_output=True,
-                         text=True, timeout=60, cwd=ROOT)
-    assert bad.returncode == 2 and "positive" in bad.stderr
+    rc, _, err = cli_runner.run([str(TPU / "weak_scaling.py"), "--processes=0"], cwd=ROOT, timeout=60)
+    assert rc == 2 and "positive" in err
 
 
-def test_capacity_check_benchmark(tmp_path):
+def test_capacity_check_benchmark(tmp_path, cli_runner):
     """--check_benchmark: the planner's memory model and FLOP time against benchmark records."""
     capacity = _capacity()
     G = 2 * 2048 * 2 * 512 * 8192
@@ -501,6 +500,5 @@ def test_capacity_check_benchmark(tmp_path):
     assert abs(row["model_ms"] - 1e3 * 5 * G / 0.15e12) < 1e-6
     assert abs(row["time_ratio"] - 1400.0 / row["model_ms"]) < 1e-9
     assert text.count("\n") == 3 and "| M l1 |" in text
-    r = subprocess.run([sys.executable, str(TPU / "capacity.py"), f"--check_benchmark={tmp_path / 'none.jsonl'}"],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.startswith("error: --check_benchmark=")
+    rc, _, err = cli_runner.run([str(TPU / "capacity.py"), f"--check_benchmark={tmp_path / 'none.jsonl'}"], cwd=ROOT)
+    assert rc == 2 and err.startswith("error: --check_benchmark=")

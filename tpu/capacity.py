@@ -295,7 +295,8 @@ def benchmark_check(path) -> tuple[str, list[dict]]:
         flops = r.get("flops_executed") or step_flops(m, r["B"], r["arch"])
         model_ms = 1e3 * flops / (r["peak_tflops"] * 1e12)
         meas = r.get("peak_memory_bytes")
-        row = dict(config=f"{r['preset']} {r['arch']}" + (f" k={r['k']} {r.get('decoder_path', '')}" if r.get("k") else ""),
+        row = dict(config=f"{r['preset']} {r['arch']}" + (f" k={r['k']} {r.get('decoder_path', '')}" if r.get("k") else "")
+                   + (f" {r['dtype']}" if r.get("dtype", "float32") != "float32" else ""),
                    measured=meas, planner=mem, ratio=(meas / mem if meas else None),
                    ms=r["ms_per_step"], model_ms=model_ms, time_ratio=r["ms_per_step"] / model_ms)
         rows.append(row)

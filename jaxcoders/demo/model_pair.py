@@ -158,15 +158,17 @@ def _lm_config(recipe: Recipe, tok):
 def _deterministic_torch(seed: int):
     import torch
 
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    # set_deterministic_debug_mode("error") == use_deterministic_algorithms(True), without the
+    # latter's import of torch._inductor (~2 s; it only configures torch.compile, unused here)
+    threads, det = torch.get_num_threads(), torch.get_deterministic_debug_mode()
     torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    torch.set_deterministic_debug_mode("error")
     torch.manual_seed(seed)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(det)
+        torch.set_deterministic_debug_mode(det)
 
 
 def _lr_at(step: int, total: int, peak: float) -> float:
