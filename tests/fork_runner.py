@@ -29,7 +29,11 @@ from typing import Optional
 
 PRELOAD = ("numpy", "jax", "jax.numpy", "flax.nnx", "optax", "orbax.checkpoint", "tensorstore", "ml_collections",
            "absl.app", "etils.epath", "safetensors.numpy", "jaxcoders.training.loop", "jaxcoders.analysis.tables",
-           "jaxcoders.io.reference", "pandas", "pyarrow.parquet", "matplotlib", "torch", "transformers", "datasets")
+           "jaxcoders.io.reference", "pandas", "pyarrow.parquet", "matplotlib", "torch", "transformers", "datasets",
+           # transformers resolves its classes lazily: without these, every command that loads one of
+           # the tests' tiny models imported them again (~48 s of CPU over the suite, py-spy)
+           "transformers.models", "transformers.models.auto.tokenization_auto",
+           "transformers.models.llama.modeling_llama", "transformers.models.gemma2.modeling_gemma2", "gcsfs")
 
 # The server: one loop that reads requests (JSON lines on stdin), forks a child per request, answers
 # {"id", "pid"} at once and {"id", "rc"} when the child ends (killed with SIGKILL past its deadline).
