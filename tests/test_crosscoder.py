@@ -181,17 +181,21 @@ BF16_EQUATIONS = ["bk,kf->bf", "bmd,mdf->bf", "bf,mfd->bmd", "bmf,mfd->bmd", "bm
 BF16_SIZES = dict(b=48, k=24, m=2, d=12, f=40, c=16)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "widened"])
 @pytest.mark.parametrize("eq", BF16_EQUATIONS)
-def test_einsum_bf16_forward_and_backward_are_bf16_products_with_f32_sums(eq):
+def test_einsum_bf16_forward_and_backward_are_bf16_products_with_f32_sums(eq, native, monkeypatch):
     """compute_dtype="bfloat16": the forward multiplies the operands rounded to bf16, the backward
-    the cotangent rounded to bf16 by the rounded operands, each summed in f32 (natively on XLA:CPU
-    where its dot supports it, else widened). Checked against float64 products of the same rounded
+    the cotangent rounded to bf16 by the rounded operands, each summed in f32 (on XLA:CPU natively for
+    the contractions of `ops.CPU_NATIVE_BF16` where the CPU has bf16 units, else widened). Checked against float64 products of the same rounded
     values; control: the unrounded f32 operands give a different forward."""
     import jax
     import jax.numpy as jnp
 
+    from jaxcoders.core import ops
     from jaxcoders.core.ops import einsum_bf16
 
+    # both CPU paths, whatever this CPU has: the native one must be supported by XLA:CPU everywhere
+    monkeypatch.setattr(ops, "cpu_has_bf16_units", lambda: native)
     (sa, sb), out = eq.split("->")[0].split(","), eq.split("->")[1]
     rng = np.random.default_rng(0)
     a = rng.normal(size=[BF16_SIZES[c] for c in sa]).astype(np.float32)

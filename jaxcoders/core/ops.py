@@ -67,11 +67,24 @@ CPU_NATIVE_BF16 = frozenset({
 })
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_has_bf16_units() -> bool:
+    """Whether this host's CPU multiplies bf16 in hardware (AMX-BF16 or AVX512-BF16, from Linux's
+    /proc/cpuinfo). Without them (e.g. AVX2 only) the native bf16 dots are unmeasured, so every
+    contraction is widened to f32 as before."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
 def bf16_product(eq: str, x16: jax.Array, y16: jax.Array) -> jax.Array:
-    """bf16 x bf16 -> f32 einsum. On CPU, the contractions outside `CPU_NATIVE_BF16` widen the bf16
-    values to f32 first: f32 products of bf16 values are exact, so the result is the same up to
-    summation order."""
-    if jax.default_backend() == "cpu" and eq.replace(" ", "") not in CPU_NATIVE_BF16:
+    """bf16 x bf16 -> f32 einsum. On CPU, the contractions outside `CPU_NATIVE_BF16`, and all of them
+    where the CPU has no bf16 units, widen the bf16 values to f32 first: f32 products of bf16 values
+    are exact, so the result is the same up to summation order."""
+    if jax.default_backend() == "cpu" and (eq.replace(" ", "") not in CPU_NATIVE_BF16 or not cpu_has_bf16_units()):
         return jnp.einsum(eq, x16.astype(jnp.float32), y16.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST,
                           preferred_element_type=jnp.float32)
     return jnp.einsum(eq, x16, y16, preferred_element_type=jnp.float32)
