@@ -105,3 +105,17 @@ def test_performance_doc_tables_are_generated():
     for data, ref, table in blocks:
         want = markdown(load_records(ROOT / data), load_reference(ROOT / ref) if ref else None)
         assert table == want, f"the table of {data} is stale: regenerate it with experiments/plot_benchmark.py"
+
+
+def test_records_with_overridden_sizes_are_labelled_by_size_and_get_no_reference():
+    """--dict_size etc. keep the record's preset name: its label then shows the sizes, and it is not
+    compared with the reference at the preset's size (control: the same record at M's sizes is)."""
+    from jaxcoders.cli.plot_benchmark import label, reference_for
+
+    ref = {("M", "batchtopk", 32): [900.0]}
+    rec = dict(preset="M", arch="batchtopk", k=32, decoder_path="sparse", selection="topk", dtype="float32",
+               D=512, F=16384, B=2048)
+    assert label(rec) == "D=512 F=16384 B=2048 batchtopk k=32 sparse topk"
+    assert reference_for(rec, ref) is None
+    at_m = dict(rec, F=8192)
+    assert label(at_m) == "M batchtopk k=32 sparse topk" and reference_for(at_m, ref) == 900.0

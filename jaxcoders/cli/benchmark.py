@@ -65,14 +65,9 @@ from absl import app, flags
 
 from jaxcoders.cli.common import run_app, user_errors
 
-from jaxcoders.perf.flops import dense_flops, executed_flops  # noqa: E402
+from jaxcoders.perf.flops import BENCHMARK_SIZES, dense_flops, executed_flops  # noqa: E402
 
-PRESETS = {  # D, F, B
-    "S": (256, 4096, 1024),
-    "M": (512, 8192, 2048),
-    "L": (1024, 16384, 2048),
-    "gemma": (2304, 73728, 4096),  # accelerators: Gemma-2-2B, F = 32·2304, the paper's batch x 2
-}
+PRESETS = BENCHMARK_SIZES  # D, F, B
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("preset", ["S"], f"Size presets {sorted(PRESETS)} (D, F, B).")

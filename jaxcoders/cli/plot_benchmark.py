@@ -21,6 +21,7 @@ from pathlib import Path
 from absl import flags
 
 from jaxcoders.cli.common import run_app, user_errors
+from jaxcoders.perf.flops import BENCHMARK_SIZES
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", "bench.jsonl", "JSON lines written by experiments/benchmark.py --output.")
@@ -53,8 +54,16 @@ def load_reference(path) -> dict:
     return out
 
 
+def _at_preset_size(r: dict) -> bool:
+    """Whether the record ran at its preset's (D, F, B) (not with --activation_dim/--dict_size/--batch_size)."""
+    return (r.get("D"), r.get("F"), r.get("B")) == BENCHMARK_SIZES.get(r["preset"])
+
+
 def reference_for(r: dict, ref: dict):
-    """The median reference tokens/s for a record's (preset, arch, k), or None."""
+    """The median reference tokens/s for a record's (preset, arch, k), or None (also for a record
+    whose sizes were overridden: the reference only runs the presets' sizes)."""
+    if not _at_preset_size(r):
+        return None
     vals = ref.get((r["preset"], r["arch"], r["k"] if r["arch"] == "batchtopk" else None))
     return sorted(vals)[len(vals) // 2] if vals else None
 
@@ -73,7 +82,7 @@ def load_records(path) -> list[dict]:
 
 
 def label(r: dict) -> str:
-    parts = [r["preset"], r["arch"]]
+    parts = [r["preset"] if _at_preset_size(r) else f"D={r['D']} F={r['F']} B={r['B']}", r["arch"]]
     if r["arch"] == "batchtopk":
         parts += [f"k={r['k']}", r["decoder_path"], r["selection"]]
     if r.get("dtype") != "float32":

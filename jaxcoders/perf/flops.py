@@ -9,6 +9,15 @@ forward densely and everything else over the k·B selected entries (decode, d v,
 """
 from __future__ import annotations
 
+# The benchmark's size presets, (D, F, B) with two models (experiments/benchmark.py --preset; the
+# reference benchmark's S/M/L are the same sizes).
+BENCHMARK_SIZES = {
+    "S": (256, 4096, 1024),
+    "M": (512, 8192, 2048),
+    "L": (1024, 16384, 2048),
+    "gemma": (2304, 73728, 4096),  # accelerators: Gemma-2-2B, F = 32·2304, the paper's batch x 2
+}
+
 
 def dense_flops(arch: str, M: int, D: int, F: int, B: int) -> float:
     """Matmul FLOPs of the dense step: 5G for L1 and BatchTopK, 9G for tied."""
