@@ -72,14 +72,14 @@ def pytest_collection_modifyitems(config, items):
     3. the other modules that read the demo output: by now it is ready, so they never wait for it;
     4. the short modules, so that both workers run out of work at about the same time."""
     users = [it.module.__name__ for it in items if "demo_small" in getattr(it, "fixturenames", ())]
-    first = users[0] if users else None
+    first, readers = (users[0] if users else None), set(users)
 
     def key(it):
         name = it.module.__name__
         secs = MODULE_SECONDS.get(name, 0)
         if name == first:
             return (0, 0)
-        if name in users:
+        if name in readers:
             return (2, -secs)
         return (1, -secs) if secs >= LONG_MODULE_SECONDS else (3, 0)
 

@@ -185,9 +185,10 @@ BF16_SIZES = dict(b=48, k=24, m=2, d=12, f=40, c=16)
 @pytest.mark.parametrize("eq", BF16_EQUATIONS)
 def test_einsum_bf16_forward_and_backward_are_bf16_products_with_f32_sums(eq, native, monkeypatch):
     """compute_dtype="bfloat16": the forward multiplies the operands rounded to bf16, the backward
-    the cotangent rounded to bf16 by the rounded operands, each summed in f32 (on XLA:CPU natively for
-    the contractions of `ops.CPU_NATIVE_BF16` where the CPU has bf16 units, else widened). Checked against float64 products of the same rounded
-    values; control: the unrounded f32 operands give a different forward."""
+    the cotangent rounded to bf16 by the rounded operands, each summed in f32 (on XLA:CPU natively
+    for the contractions of `ops.CPU_NATIVE_BF16` where the CPU has bf16 units, else widened).
+    Checked against float64 products of the same rounded values; control: the unrounded f32
+    operands give a different forward."""
     import jax
     import jax.numpy as jnp
 

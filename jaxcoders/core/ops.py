@@ -58,7 +58,6 @@ def _einsum_bf16_bwd(eq, res, g):
 # "bmd,bc->mcd", "bmf,mfd->bmd") or run no faster than f32 ("bk,bf->kf": 105 GFLOP/s), so they are
 # widened. tests/test_crosscoder.py runs every contraction of the model math both ways.
 CPU_NATIVE_BF16 = frozenset({
-    "bk,kf->bf", "bf,kf->bk",  # the flat encoder (its dW_enc "bk,bf->kf" is widened)
     "bmd,mdf->bf", "bf,mdf->bmd", "bmd,bf->mdf",  # the encoder
     "bf,mfd->bmd", "bmd,mfd->bf", "bf,bmd->mfd",  # the decoder of a shared code
     "bmf,bmd->mfd",  # dW_dec of per-model codes
@@ -80,11 +79,19 @@ def cpu_has_bf16_units() -> bool:
     return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
+def bf16_runs_natively(eq: str) -> bool:
+    """Whether `bf16_product(eq, ...)` multiplies in bf16 on this backend: always on accelerators; on
+    CPU only for the contractions of `CPU_NATIVE_BF16`, and only where the CPU has bf16 units."""
+    if jax.default_backend() != "cpu":
+        return True
+    return eq.replace(" ", "") in CPU_NATIVE_BF16 and cpu_has_bf16_units()
+
+
 def bf16_product(eq: str, x16: jax.Array, y16: jax.Array) -> jax.Array:
-    """bf16 x bf16 -> f32 einsum. On CPU, the contractions outside `CPU_NATIVE_BF16`, and all of them
-    where the CPU has no bf16 units, widen the bf16 values to f32 first: f32 products of bf16 values
-    are exact, so the result is the same up to summation order."""
-    if jax.default_backend() == "cpu" and (eq.replace(" ", "") not in CPU_NATIVE_BF16 or not cpu_has_bf16_units()):
+    """bf16 x bf16 -> f32 einsum. Where it does not run natively (`bf16_runs_natively`: on CPU), the
+    bf16 values are widened to f32 first: f32 products of bf16 values are exact, so the result is
+    the same up to summation order."""
+    if not bf16_runs_natively(eq):
         return jnp.einsum(eq, x16.astype(jnp.float32), y16.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST,
                           preferred_element_type=jnp.float32)
     return jnp.einsum(eq, x16, y16, preferred_element_type=jnp.float32)
